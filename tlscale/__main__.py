@@ -1,0 +1,3 @@
+from tlscale.cli import main
+
+main()

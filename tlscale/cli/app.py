@@ -1,0 +1,127 @@
+"""The `tlscale` command. User mistakes exit with code 2 and a message, never a traceback."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from tlscale.errors import TlscaleError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tlscale: transfer learning from one YAML job spec.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="Job spec (YAML).", show_default=False)]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. training.epochs=2")]
+
+
+def user_errors(command):
+    """Turn TlscaleError into 'error: ...' lines on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TlscaleError as exc:
+            for message in exc.messages:
+                err.print(f"[bold red]error:[/] {message}", markup=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(spec: Path, overrides: list[str] | None):
+    from tlscale.spec import load_spec
+
+    return load_spec(spec, overrides or [])
+
+
+@app.command()
+@user_errors
+def validate(spec: SpecArg, overrides: Overrides = None,
+             check_data: Annotated[bool, typer.Option(help="Also read the data files and check columns/labels.")] = True):
+    """Check a spec (and its data files) without training."""
+    from tlscale.data import build_classification_data
+    from tlscale.models import resolve_model_path
+
+    job = _load(spec, overrides)
+    resolve_model_path(job.model.name_or_path)
+    summary = f"{spec}: valid ({job.task}, strategy {job.strategy.name})"
+    if check_data:
+        data = build_classification_data(job.data, job.seed)
+        summary += f"; {len(data.train)} train / {len(data.eval)} eval examples, labels {data.label_names}"
+    out.print(summary)
+
+
+@app.command()
+@user_errors
+def schema(output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None):
+    """JSON Schema of the job spec, for editor completion and validation."""
+    from tlscale.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+@user_errors
+def train(spec: SpecArg, overrides: Overrides = None,
+          resume: Annotated[bool, typer.Option(help="Continue the run in output_dir from its latest checkpoint.")] = False,
+          overwrite: Annotated[bool, typer.Option(help="Delete an existing run in output_dir first.")] = False,
+          stop_after_steps: Annotated[Optional[int], typer.Option(
+              help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
+          progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
+    """Train (and evaluate) the job described by SPEC."""
+    from tlscale.train import train as run_training
+
+    job = _load(spec, overrides)
+    result = run_training(job, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                          show_progress=progress)
+    if not result.interrupted:
+        ev = result.metrics["eval"]
+        out.print(f"accuracy={ev['accuracy']:.4f} f1_macro={ev['f1_macro']:.4f} -> {result.output_dir / 'metrics.json'}")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(spec: SpecArg, overrides: Overrides = None,
+                 checkpoint: Annotated[Path, typer.Option(help="A saved model folder (output_dir/model).")] = ...,
+                 output_dir: Annotated[Optional[Path], typer.Option(help="Default: OUTPUT_DIR/eval")] = None):
+    """Evaluate a saved model on the spec's evaluation data."""
+    from tlscale.runners.evaluate import evaluate_checkpoint
+
+    job = _load(spec, overrides)
+    result = evaluate_checkpoint(job, checkpoint, output_dir)
+    out.print(f"accuracy={result['accuracy']:.4f} f1_macro={result['f1_macro']:.4f} ece={result['ece']:.4f} "
+              f"({result['num_examples']} examples) -> {result['output_dir']}")
+
+
+@app.command()
+@user_errors
+def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.")],
+            input: Annotated[Path, typer.Option("--input", help="csv/tsv/jsonl/json/parquet file.")],
+            output: Annotated[Path, typer.Option("--output", help="Predictions, one JSON object per line.")],
+            text_column: Annotated[Optional[str], typer.Option(help="Default: the training spec's.")] = None,
+            text_pair_column: Annotated[Optional[str], typer.Option()] = None,
+            batch_size: int = 64):
+    """Label and class probabilities for every row of a file."""
+    from tlscale.runners.evaluate import predict_file
+
+    count = predict_file(checkpoint, input, output, text_column, text_pair_column, batch_size)
+    out.print(f"{count} predictions -> {output}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""Tokenized datasets, length-grouped batches and dynamic padding."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from tlscale.data.classification import Examples
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int]
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def tokenize(examples: Examples, tokenizer, max_length: int) -> Encoded:
+    out = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length,
+                    return_overflowing_tokens=False)
+    full = tokenizer(examples.texts, examples.pairs, truncation=False, verbose=False)["input_ids"] if len(examples) else []
+    truncated = sum(len(ids) > max_length for ids in full)
+    return Encoded(out["input_ids"], out.get("token_type_ids"), list(examples.labels), truncated)
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Shuffle, then sort within mega-batches of 50 batches: little padding, still random."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    mega = batch_size * 50
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    random.Random(seed + 1).shuffle(batches)
+    return batches
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def sequential_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """For evaluation: sorted by length (less padding), order restored by example index."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids else None
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(data.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor(indices)}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if data.labels:
+        batch["labels"] = torch.tensor([data.labels[i] for i in indices])
+    return batch

@@ -1,0 +1,178 @@
+"""Text classification data: columns -> checked examples -> label ids -> tokens."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tlscale.data.readers import Table, read_table
+from tlscale.errors import DataError, did_you_mean
+from tlscale.spec.schema import DataSpec
+
+MAX_REPORTED = 20
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    raw_labels: list[object]
+    where: list[str]
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: list[int]) -> Examples:
+        return Examples(
+            texts=[self.texts[i] for i in indices],
+            pairs=[self.pairs[i] for i in indices] if self.pairs is not None else None,
+            raw_labels=[self.raw_labels[i] for i in indices],
+            where=[self.where[i] for i in indices],
+            labels=[self.labels[i] for i in indices] if self.labels else [],
+        )
+
+
+@dataclass
+class ClassificationData:
+    label_names: list[str]
+    train: Examples
+    eval: Examples
+
+
+class ErrorCollector:
+    """Report every bad row at once (up to a cap), not just the first."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED:
+            self.messages.append(message)
+
+    def raise_if_any(self) -> None:
+        if self.count:
+            extra = [f"... and {self.count - len(self.messages)} more"] if self.count > len(self.messages) else []
+            raise DataError(self.messages + extra)
+
+
+def _check_columns(table: Table, spec: DataSpec, need_label: bool) -> None:
+    wanted = [("data.text_column", spec.text_column)]
+    if spec.text_pair_column:
+        wanted.append(("data.text_pair_column", spec.text_pair_column))
+    if need_label:
+        wanted.append(("data.label_column", spec.label_column))
+    problems = [
+        f"{table.path}:1: {field_name} '{column}' is not a column.{did_you_mean(column, table.columns)} "
+        f"Columns found: {', '.join(map(str, table.columns)) or '(none)'}"
+        for field_name, column in wanted if column not in table.columns
+    ]
+    if problems:
+        raise DataError(problems)
+
+
+def read_examples(path: Path, spec: DataSpec, need_label: bool = True) -> Examples:
+    table = read_table(path, spec.format)
+    if not table.records:
+        raise DataError(f"{path}: no data rows (the dataset is empty)")
+    _check_columns(table, spec, need_label)
+    errors = ErrorCollector()
+    texts, pairs, labels, where = [], [] if spec.text_pair_column else None, [], []
+    for record in table.records:
+        text = _text(record.values.get(spec.text_column), record.where, spec.text_column, errors)
+        pair = None
+        if spec.text_pair_column:
+            pair = _text(record.values.get(spec.text_pair_column), record.where, spec.text_pair_column, errors)
+        label = record.values.get(spec.label_column) if need_label else None
+        if need_label and (label is None or str(label).strip() == ""):
+            errors.add(f"{record.where}: empty label in column '{spec.label_column}'")
+        texts.append(text)
+        if pairs is not None:
+            pairs.append(pair)
+        labels.append(label.strip() if isinstance(label, str) else label)
+        where.append(record.where)
+    errors.raise_if_any()
+    return Examples(texts, pairs, labels, where)
+
+
+def _text(value: object, where: str, column: str, errors: ErrorCollector) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        errors.add(f"{where}: missing text in column '{column}'")
+        return ""
+    text = str(value)
+    if not text.strip():
+        errors.add(f"{where}: empty text in column '{column}'")
+    return text
+
+
+def _int_like(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, str) and value.lstrip("-").isdigit())
+
+
+def infer_label_names(raw: list[object]) -> list[str]:
+    values = sorted({str(v) for v in raw}, key=lambda v: (0, int(v)) if _int_like(v) else (1, v))
+    return values
+
+
+def encode_labels(examples: Examples, names: list[str], declared: bool) -> None:
+    """Raw labels are names, or integer ids when declared names are given."""
+    index = {name: i for i, name in enumerate(names)}
+    errors = ErrorCollector()
+    ids = []
+    for raw, where in zip(examples.raw_labels, examples.where):
+        key = str(raw)
+        if key in index:
+            ids.append(index[key])
+        elif declared and _int_like(raw) and 0 <= int(raw) < len(names):
+            ids.append(int(raw))
+        else:
+            errors.add(f"{where}: unknown label '{raw}'. Expected one of: {', '.join(names)}"
+                       + (" (or an id 0..%d)" % (len(names) - 1) if declared else ""))
+            ids.append(-1)
+    errors.raise_if_any()
+    examples.labels = ids
+
+
+def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
+    if limit is None or limit >= len(examples):
+        return examples
+    return examples.subset(sorted(random.Random(seed).sample(range(len(examples)), limit)))
+
+
+def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(examples.labels):
+        by_label.setdefault(label, []).append(i)
+    held_out: list[int] = []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        take = min(len(indices) - 1, max(1, round(len(indices) * fraction)))
+        held_out.extend(indices[:take])
+    held = set(held_out)
+    train = [i for i in range(len(examples)) if i not in held]
+    if not train or not held_out:
+        raise DataError(f"data.eval_fraction: cannot split {len(examples)} examples into train and eval; "
+                        "give data.eval_file or more rows")
+    return examples.subset(train), examples.subset(sorted(held_out))
+
+
+def build_classification_data(spec: DataSpec, seed: int) -> ClassificationData:
+    train = read_examples(spec.train_file, spec)
+    names = list(spec.labels) if spec.labels else infer_label_names(train.raw_labels)
+    if len(names) < 2:
+        raise DataError(f"{spec.train_file}: found only the label {names}; classification needs at least 2")
+    encode_labels(train, names, declared=bool(spec.labels))
+    if spec.eval_file is not None:
+        eval_examples = read_examples(spec.eval_file, spec)
+        encode_labels(eval_examples, names, declared=bool(spec.labels))
+        train = sample(train, spec.limit, seed)
+    else:
+        train = sample(train, spec.limit, seed)
+        train, eval_examples = stratified_split(train, spec.eval_fraction, seed)
+    eval_examples = sample(eval_examples, spec.eval_limit, seed)
+    return ClassificationData(names, train, eval_examples)

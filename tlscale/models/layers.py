@@ -1,0 +1,47 @@
+"""Split a classifier into layer groups, bottom to top: embeddings, block 0..n-1, head.
+
+Strategies (partial, gradual unfreezing) and discriminative learning rates all
+speak in these groups, so the architecture-specific guessing lives here only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+EMBEDDING_HINTS = ("embed", "wte", "wpe", "word_", "position", "token_type")
+
+
+@dataclass
+class LayerGroups:
+    embeddings: list[str] = field(default_factory=list)
+    blocks: list[list[str]] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)
+
+    def bottom_to_top(self) -> list[list[str]]:
+        return [self.embeddings, *self.blocks, self.head]
+
+
+def find_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The longest ModuleList of the backbone: its transformer blocks."""
+    lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def layer_groups(model: nn.Module) -> LayerGroups:
+    """Parameter names per group. Norms and poolers above the blocks go with the head."""
+    backbone = model.backbone
+    blocks_name, blocks = find_blocks(backbone)
+    groups = LayerGroups(blocks=[[] for _ in blocks])
+    prefix = f"backbone.{blocks_name}."
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            index = int(name[len(prefix):].split(".", 1)[0])
+            groups.blocks[index].append(name)
+        elif name.startswith("backbone.") and any(h in name.lower() for h in EMBEDDING_HINTS):
+            groups.embeddings.append(name)
+        else:
+            groups.head.append(name)
+    return groups

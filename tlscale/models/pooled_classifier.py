@@ -1,0 +1,73 @@
+"""Any transformers backbone + a pooling + a linear head, as one PreTrainedModel.
+
+Why our own class: the native *ForSequenceClassification heads fix the pooling
+(CLS + pooler for BERT, last token for GPT-2), but a sentence-transformers
+checkpoint such as all-MiniLM-L6-v2 was trained for mean pooling, and frozen
+features are only good with the pooling the checkpoint learned. This file
+imports nothing from tlscale on purpose: `save_pretrained` copies it beside the
+weights, so plain transformers loads a tlscale model with
+`AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+POOLINGS = ("cls", "mean", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if how == "last":  # last non-padding token, whichever side the padding is on
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling '{how}', expected one of {POOLINGS}")
+
+
+def drop_unused_pooler(backbone: nn.Module) -> nn.Module:
+    """BERT-style poolers are never used here; removing them saves compute and keeps DDP happy."""
+    if getattr(backbone, "pooler", None) is not None:
+        backbone.pooler = None
+    return backbone
+
+
+class PooledSequenceClassifier(PreTrainedModel):
+    config_class = PretrainedConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        self.backbone = drop_unused_pooler(AutoModel.from_config(config))
+        self.pooling = getattr(config, "classifier_pooling", "cls")
+        dropout = getattr(config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(config, "hidden_dropout_prob", 0.1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def features(self, input_ids=None, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Pooled backbone output: what feature extraction caches."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(**kwargs).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
+                features=None, **unused) -> SequenceClassifierOutput:
+        if features is None:
+            features = self.features(input_ids, attention_mask, token_type_ids)
+        logits = self.classifier(self.dropout(features))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)

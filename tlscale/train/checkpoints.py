@@ -1,0 +1,97 @@
+"""Checkpoints are directories written to a temporary name and renamed: a crash mid-save
+never leaves a broken 'latest'. Training state = Accelerate's save_state + trainer_state.json."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tlscale.errors import RunStateError
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    epoch_times_s: list[float] = field(default_factory=list)
+    train_time_s: float = 0.0
+    samples_seen: int = 0
+
+
+def write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; an older folder of that name is removed only afterwards."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def checkpoint_root(output_dir: Path) -> Path:
+    return output_dir / "checkpoints"
+
+
+def save_training_state(accelerator, output_dir: Path, state: TrainState, keep: int) -> Path:
+    root = checkpoint_root(output_dir)
+    final = root / f"step-{state.step:07d}"
+    tmp = root / f".tmp-step-{state.step:07d}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, asdict(state))
+        publish_dir(tmp, final)
+        write_json_atomic(root / "latest.json", {"checkpoint": final.name, "step": state.step})
+        _prune(root, keep)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    pointer = checkpoint_root(output_dir) / "latest.json"
+    if not pointer.is_file():
+        return None
+    path = checkpoint_root(output_dir) / json.loads(pointer.read_text())["checkpoint"]
+    if not (path / STATE_FILE).is_file():
+        raise RunStateError(f"{path}: the latest checkpoint is incomplete (no {STATE_FILE})")
+    return path
+
+
+def load_training_state(accelerator, checkpoint: Path) -> TrainState:
+    accelerator.load_state(str(checkpoint))
+    return TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
+
+
+def save_model(model, tokenizer, label_names: list[str], spec_yaml: str, final: Path) -> None:
+    """A save_pretrained folder that plain transformers loads, plus our label map and spec."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    write_json_atomic(tmp / "labels.json", {"labels": label_names})
+    (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
+    publish_dir(tmp, final)
