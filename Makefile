@@ -1,0 +1,30 @@
+# Quick start: `make demo` (set up + train MiniLM on SST-2) and `make test` (set up + whole test suite).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+EXTRAS  ?= dev
+STAMP   := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: setup demo test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first, pinned (an unpinned torch pulls a multi-GB CUDA build on this machine kind)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tlscale train configs/sst2-minilm-full.yaml --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,74 @@
+"""Shared fixtures: real data from ../shared/data, tiny models, spec writing, CLI running."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TLSCALE_DATA", ROOT.parent / "shared" / "data")).resolve()
+os.environ["TLSCALE_DATA"] = str(DATA)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_dir(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    os.environ["TLSCALE_RUNS"] = str(runs)
+    os.environ.setdefault("TLSCALE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return runs
+
+
+@pytest.fixture
+def sst2_rows():
+    """The first lines of the real SST-2 training file, as (sentence, label) pairs."""
+    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()[1:]
+    return [tuple(line.rsplit("\t", 1)) for line in lines]
+
+
+def tiny_spec(output_dir: Path, train_file: Path, eval_file: Path | None = None, **sections) -> dict:
+    """A small classification spec on the tiny random BERT; sections override defaults."""
+    spec = {
+        "task": "text_classification",
+        "seed": 7,
+        "output_dir": str(output_dir),
+        "model": {"name_or_path": "tiny:bert", "max_length": 48},
+        "data": {"train_file": str(train_file), "text_column": "sentence", "label_column": "label",
+                 "labels": ["negative", "positive"]},
+        "strategy": {"name": "full"},
+        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "log_every_steps": 2, "tensorboard": False},
+        "eval": {"batch_size": 32},
+    }
+    if eval_file is not None:
+        spec["data"]["eval_file"] = str(eval_file)
+    for name, values in sections.items():
+        spec.setdefault(name, {})
+        spec[name] = {**spec[name], **values} if isinstance(values, dict) else values
+    return spec
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def small_sst2(tmp_path, sst2_rows) -> tuple[Path, Path]:
+    """160 training and 64 eval rows of real SST-2 as TSV files."""
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{l}\n" for s, l in rows))
+        return path
+
+    return write("train.tsv", sst2_rows[:160]), write("dev.tsv", sst2_rows[1000:1064])
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The real `tlscale` command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})

