@@ -127,7 +127,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
             lengths = [len(ids) for ids in train_set.input_ids]
             batches = (length_grouped_batches(lengths, training.batch_size, epoch_seed) if training.group_by_length
                        else shuffled_batches(len(train_set), training.batch_size, epoch_seed))
-            epoch_start = segment_start = time.perf_counter()
+            epoch_start, excluded, time_before = time.perf_counter(), 0.0, state.train_time_s  # excluded: evals, saves
             running_loss, running_count = 0.0, 0
             position = state.batches_in_epoch
             while position < len(batches) and state.step < total_steps:
@@ -162,19 +162,23 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
                     progress.set_postfix(loss=f"{running_loss / running_count:.4f}")
                     running_loss, running_count = 0.0, 0
                 if training.eval_every_steps and state.step % training.eval_every_steps == 0:
+                    eval_start = time.perf_counter()
                     _eval_and_keep_best(evaluate, accelerator, raw_model, tokenizer, data, spec, run, state)
+                    excluded += time.perf_counter() - eval_start
                 stop_now = preemption.requested or (stop_after_steps is not None and state.step >= stop_after_steps)
                 if stop_now or (training.save_every_steps and state.step % training.save_every_steps == 0):
-                    state.train_time_s += time.perf_counter() - segment_start
+                    save_start = time.perf_counter()
+                    state.train_time_s = time_before + save_start - epoch_start - excluded
                     save_training_state(accelerator, run.path, state, training.keep_checkpoints)
-                    segment_start = time.perf_counter()
+                    excluded += time.perf_counter() - save_start
                 if stop_now:
                     interrupted = True
                     break
             if interrupted:
                 break
-            state.train_time_s += time.perf_counter() - segment_start
-            state.epoch_times_s.append(round(time.perf_counter() - epoch_start, 3))
+            elapsed = time.perf_counter() - epoch_start - excluded
+            state.train_time_s = time_before + elapsed
+            state.epoch_times_s.append(round(elapsed, 3))
             state.epoch += 1
             state.batches_in_epoch = 0
             if strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch):

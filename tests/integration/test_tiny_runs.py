@@ -1,0 +1,136 @@
+"""End-to-end runs of the real CLI on a tiny random BERT and real SST-2 rows (seconds each)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli, tiny_spec, write_spec
+
+
+def train(spec_path, *extra):
+    result = run_cli("train", str(spec_path), "--no-progress", *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def spec(tmp_path, small_sst2):
+    train_file, dev_file = small_sst2
+    raw = tiny_spec(tmp_path / "run", train_file, dev_file,
+                    training={"eval_every_steps": 10, "save_every_steps": 10, "log_every_steps": 5})
+    return raw
+
+
+def test_train_writes_the_promised_outputs_and_eval_predict_reuse_them(tmp_path, spec):
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    result = train(path)
+    out = tmp_path / "run"
+    assert "accuracy=" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("task", "strategy", "eval", "trainable_params", "total_params", "train_runtime_s", "train_samples_per_s"):
+        assert key in metrics
+    assert {"accuracy", "f1_macro", "ece", "per_class", "confusion_matrix"} <= set(metrics["eval"])
+    assert set(metrics["eval"]["per_class"]) == {"negative", "positive"}
+    assert metrics["eval"]["num_examples"] == 64 and metrics["steps"] == 40
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 64 and abs(sum(predictions[0]["probabilities"].values()) - 1) < 1e-4
+    accuracy = sum(p["label"] == p["gold"] for p in predictions) / 64
+    assert accuracy == pytest.approx(metrics["eval"]["accuracy"])
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss" in row for row in log) and any("eval/accuracy" in row for row in log)
+    # the model folder: labels, spec, tokenizer
+    model_dir = out / "model"
+    assert json.loads((model_dir / "labels.json").read_text())["labels"] == ["negative", "positive"]
+    assert (model_dir / "tlscale_spec.yaml").is_file() and (model_dir / "tokenizer.json").is_file()
+
+    evaluated = run_cli("eval", str(path), "--checkpoint", str(model_dir), "--output-dir", str(tmp_path / "ev"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads((tmp_path / "ev" / "metrics.json").read_text())["eval"]
+    assert again["accuracy"] == pytest.approx(metrics["eval"]["accuracy"])
+
+    inputs = tmp_path / "new.jsonl"
+    inputs.write_text("".join(json.dumps({"sentence": s}) + "\n" for s in ["a great film", "dull and tired"]))
+    predicted = run_cli("predict", "--checkpoint", str(model_dir), "--input", str(inputs), "--output", str(tmp_path / "p.jsonl"))
+    assert predicted.returncode == 0, predicted.stderr
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == ["a great film", "dull and tired"]
+    assert all(r["label"] in ("negative", "positive") for r in rows)
+
+
+def test_an_existing_run_is_never_clobbered(tmp_path, spec):
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    train(path)
+    before = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    again = run_cli("train", str(path), "--no-progress")
+    assert again.returncode == 2 and "already holds a finished run" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == before
+    resumed = run_cli("train", str(path), "--resume", "--no-progress")
+    assert resumed.returncode == 2 and "nothing to resume" in resumed.stderr
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, spec):
+    spec["strategy"] = {"name": "gradual_unfreeze", "unfreeze_every_steps": 4, "layer_lr_decay": 0.8}
+    spec["training"]["grad_accum_steps"] = 2
+    full_spec = write_spec(tmp_path / "full.yaml", {**spec, "output_dir": str(tmp_path / "full")})
+    cut_spec = write_spec(tmp_path / "cut.yaml", {**spec, "output_dir": str(tmp_path / "cut")})
+    train(full_spec)
+    stopped = train(cut_spec, "--stop-after-steps", "13")
+    assert "stopped after step 13" in stopped.stdout + stopped.stderr
+    assert not (tmp_path / "cut" / "model").exists()
+    train(cut_spec, "--resume")
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut["eval"]["accuracy"] == full["eval"]["accuracy"]
+    assert cut["eval"]["loss"] == full["eval"]["loss"]
+    assert cut["best_step"] == full["best_step"] and cut["steps"] == full["steps"] == 20
+    a = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, spec):
+    spec["training"].update(save_every_steps=4, keep_checkpoints=2)
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    train(path, "--stop-after-steps", "9")
+    root = tmp_path / "run" / "checkpoints"
+    steps = sorted(p.name for p in root.glob("step-*"))
+    assert steps == ["step-0000008", "step-0000009"]
+    assert json.loads((root / "latest.json").read_text())["checkpoint"] == "step-0000009"
+    # a crash in the middle of the next save leaves only a temporary folder: resume ignores it
+    half = root / ".tmp-step-0000012"
+    shutil.copytree(root / "step-0000009", half)
+    (half / "model.safetensors").write_bytes(b"truncated")
+    result = train(path, "--resume")
+    assert "resumed from" in result.stdout + result.stderr and "step-0000009" in result.stdout + result.stderr
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
+    """Counted, not timed: epochs after the first must not touch the backbone."""
+    from tlscale.spec import spec_from_dict
+    from tlscale.train import train as run_training
+    from tlscale.models import pooled_classifier
+
+    spec["strategy"] = {"name": "feature_extraction"}
+    spec["training"].update(epochs=3, eval_every_steps=None, save_every_steps=None)
+    calls = []
+    original = pooled_classifier.PooledSequenceClassifier.features
+
+    def counting(self, input_ids=None, attention_mask=None, token_type_ids=None):
+        calls.append(input_ids.shape[0])
+        return original(self, input_ids, attention_mask, token_type_ids)
+
+    pooled_classifier.PooledSequenceClassifier.features = counting
+    try:
+        result = run_training(spec_from_dict(spec), show_progress=False)
+    finally:
+        pooled_classifier.PooledSequenceClassifier.features = original
+    assert sum(calls) == 160 + 64  # every train and eval example exactly once, over 3 epochs
+    assert result.metrics["trainable_params"] == 32 * 2 + 2
+    assert len(result.metrics["epoch_times_s"]) == 3
