@@ -134,3 +134,20 @@ def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
     assert sum(calls) == 160 + 64  # every train and eval example exactly once, over 3 epochs
     assert result.metrics["trainable_params"] == 32 * 2 + 2
     assert len(result.metrics["epoch_times_s"]) == 3
+
+
+def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
+    """Options that change the loop's arithmetic or data path still train and evaluate."""
+    from tlscale.spec import spec_from_dict
+    from tlscale.train import train as run_training
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"a": s, "b": s[::-1], "y": int(l)}) + "\n" for s, l in sst2_rows[:120]))
+    raw = tiny_spec(tmp_path / "run", path, None,
+                    data={"text_column": "a", "text_pair_column": "b", "label_column": "y", "labels": None,
+                          "eval_fraction": 0.25},
+                    training={"mixed_precision": "bf16", "scheduler": "cosine", "grad_accum_steps": 3, "epochs": 1})
+    result = run_training(spec_from_dict(raw), show_progress=False)
+    assert result.metrics["eval_examples"] == 30 and result.metrics["train_examples"] == 90
+    assert result.metrics["steps"] == 4  # ceil(ceil(90 / 8) / 3)
+    assert set(result.metrics["eval"]["per_class"]) == {"0", "1"}

@@ -58,7 +58,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     from transformers import get_scheduler
     from transformers.utils import logging as hf_logging
 
-    from tlscale.data import build_classification_data, collate, length_grouped_batches, tokenize
+    from tlscale.data import build_classification_data, length_grouped_batches, tokenize
     from tlscale.data.batching import shuffled_batches
     from tlscale.models import build_classifier, load_tokenizer
     from tlscale.strategies import build_strategy, count_parameters, parameter_groups
@@ -95,6 +95,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     scheduler = get_scheduler(training.scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
 
+    _fresh_accelerator_state()
     accelerator = Accelerator(mixed_precision=training.mixed_precision, cpu=not torch.cuda.is_available(),
                               log_with=trackers_for(run.path, training.tensorboard), project_dir=str(run.path))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -105,6 +106,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     if checkpoint is not None:
         state = load_training_state(accelerator, checkpoint)
         accelerator.print(f"resumed from {checkpoint} (step {state.step})")
+    elif resume:
+        accelerator.print(f"no checkpoint in {run.path / 'checkpoints'}; starting from step 0")
     raw_model = accelerator.unwrap_model(model)
     strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch)
     train_cache = FeatureCache(len(train_set), spec.strategy.cache_features) if strategy.caches_features else None
@@ -134,16 +137,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
                 group = batches[position:position + training.grad_accum_steps]
                 position += len(group)
                 group_size = sum(len(indices) for indices in group)
-                for indices in group:
-                    batch = collate(train_set, indices, pad_id)
-                    index = batch.pop("index")
-                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                    if train_cache is not None:
-                        batch = train_cache.inputs(model, batch, index)
-                    loss = model(**batch).loss
-                    accelerator.backward(loss * len(indices) / group_size)
-                    running_loss += loss.item() * len(indices)
-                    running_count += len(indices)
+                running_loss += _forward_backward(accelerator, model, train_set, group, pad_id, train_cache)
+                running_count += group_size
                 if training.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                 optimizer.step()
@@ -215,11 +210,41 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
         "seed": spec.seed,
     }
     run.write_metrics(metrics)
-    accelerator.log({f"eval/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=state.step)
+    accelerator.log({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=state.step)
     accelerator.end_training()
     accelerator.print(f"eval accuracy {final_eval['accuracy']:.4f}  macro-F1 {final_eval['f1_macro']:.4f}  "
                       f"ECE {final_eval['ece']:.4f}  ({len(eval_set)} examples)  -> {run.path}")
     return RunResult(run.path, metrics)
+
+
+def _fresh_accelerator_state() -> None:
+    """Accelerate keeps process-wide singletons; a second in-process run (notebooks, benchmarks,
+    tests) with other settings would otherwise fail. Launched multi-process runs keep theirs."""
+    import os
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _forward_backward(accelerator, model, train_set, group: list[list[int]], pad_id: int, cache) -> float:
+    """Gradients of one optimizer step's micro-batches, weighted by size; returns the summed loss."""
+    from tlscale.data import collate
+
+    group_size = sum(len(indices) for indices in group)
+    total = 0.0
+    for indices in group:
+        batch = collate(train_set, indices, pad_id)
+        index = batch.pop("index")
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        if cache is not None:
+            batch = cache.inputs(model, batch, index)
+        loss = model(**batch).loss
+        accelerator.backward(loss * len(indices) / group_size)
+        total += loss.item() * len(indices)
+    return total
 
 
 def _eval_and_keep_best(evaluate, accelerator, raw_model, tokenizer, data, spec, run, state: TrainState) -> None:
