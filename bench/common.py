@@ -55,8 +55,9 @@ def trainer_run(spec, freeze_backbone: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=spec.training.batch_size,
                                  num_train_epochs=spec.training.epochs, learning_rate=spec.training.lr,
-                                 warmup_ratio=spec.training.warmup_ratio, weight_decay=spec.training.weight_decay,
-                                 lr_scheduler_type=spec.training.scheduler, group_by_length=spec.training.group_by_length,
+                                 warmup_steps=spec.training.warmup_ratio, weight_decay=spec.training.weight_decay,
+                                 lr_scheduler_type=spec.training.scheduler,
+                                 train_sampling_strategy="group_by_length" if spec.training.group_by_length else "random",
                                  max_grad_norm=spec.training.max_grad_norm, save_strategy="no", eval_strategy="no",
                                  logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=spec.seed,
                                  dataloader_num_workers=0)

@@ -22,8 +22,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         spec = spec_from_dict(sst2_spec(Path(tmp) / "run", {"name": "full"}, args.rows, 1, args.batch_size, 1e-4))
+        theirs = trainer_run(spec, freeze_backbone=False)  # first: any warm-up advantage goes to the peer
         ours = train(spec, show_progress=False).metrics
-    theirs = trainer_run(spec, freeze_backbone=False)
     ratio = ours["train_samples_per_s"] / theirs["train_samples_per_second"]
     print(f"\nfull fine-tuning, MiniLM, {args.rows} SST-2 rows, batch {args.batch_size}, "
           f"{ours['steps']} steps, group_by_length on both")

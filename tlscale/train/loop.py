@@ -86,7 +86,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     strategy = build_strategy(spec.strategy)
     strategy.apply(model)
     trainable, total = count_parameters(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy), lr=training.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy), lr=training.lr,
+                                  fused=True)  # one kernel per step on CPU and CUDA (Trainer's default too)
     batches_per_epoch = math.ceil(len(train_set) / training.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / training.grad_accum_steps)
     total_steps = steps_per_epoch * training.epochs
