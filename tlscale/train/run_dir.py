@@ -18,19 +18,24 @@ class RunDir:
     best_model = property(lambda self: checkpoint_root(self.path) / "best-model")
     metrics_file = property(lambda self: self.path / "metrics.json")
 
-    def prepare(self, spec: JobSpec, resume: bool, overwrite: bool) -> None:
+    def check(self, resume: bool, overwrite: bool) -> None:
         """Refuse to mix two runs in one folder unless the user says which (resume or overwrite)."""
         existing = (self.path / "spec.yaml").exists()
-        if existing and overwrite:
-            shutil.rmtree(self.path)
-        elif existing and not resume:
-            finished = self.model_dir.exists()
+        finished = self.model_dir.exists()
+        if existing and not (resume or overwrite):
             raise RunStateError(
                 f"output_dir: '{self.path}' already holds a {'finished' if finished else 'started'} run. "
                 "Use --resume to continue it, --overwrite to replace it, or set output_dir=NEW_DIR"
             )
-        elif resume and existing and self.model_dir.exists():
+        if resume and overwrite:
+            raise RunStateError("--resume and --overwrite contradict each other; choose one")
+        if resume and existing and finished:
             raise RunStateError(f"output_dir: the run in '{self.path}' has finished; nothing to resume")
+
+    def create(self, spec: JobSpec, overwrite: bool) -> None:
+        """Called once the spec, data and model have loaded: a run that fails to start deletes nothing."""
+        if overwrite and (self.path / "spec.yaml").exists():
+            shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.spec_yaml = dump_spec(spec)
         (self.path / "spec.yaml").write_text(self.spec_yaml)
