@@ -160,3 +160,51 @@ def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path, spec):
     assert not (tmp_path / "run").exists()
     spec["strategy"] = {"name": "partial", "trainable_layers": 1}
     train(write_spec(tmp_path / "spec.yaml", spec))
+
+
+def _wait_for(predicate, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start(spec_path, *extra):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "tlscale", "train", str(spec_path), "--no-progress", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, spec, signal_name):
+    """SIGTERM (preemption) checkpoints and exits cleanly; SIGKILL loses only the steps since the
+    last checkpoint. Either way --resume ends with the same weights and metrics as an uninterrupted run."""
+    import signal as signals
+
+    spec["training"].update(epochs=12, save_every_steps=20, eval_every_steps=None, log_every_steps=1)
+    reference = write_spec(tmp_path / "ref.yaml", {**spec, "output_dir": str(tmp_path / "ref")})
+    victim = write_spec(tmp_path / "victim.yaml", {**spec, "output_dir": str(tmp_path / "victim")})
+    train(reference)
+    process = _start(victim)
+    latest = tmp_path / "victim" / "checkpoints" / "latest.json"
+    assert _wait_for(latest.exists), process.communicate()[0]
+    process.send_signal(getattr(signals, signal_name))
+    output = process.communicate(timeout=120)[0]
+    if signal_name == "SIGTERM":
+        assert process.returncode == 0 and "stopped after step" in output, output
+    else:
+        assert process.returncode == -signals.SIGKILL
+    assert not (tmp_path / "victim" / "model").exists(), "the run finished before the signal; make it longer"
+    resumed = train(victim, "--resume")
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    a = load_file(str(tmp_path / "ref" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "victim" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())["eval"]
+    assert json.loads((tmp_path / "victim" / "metrics.json").read_text())["eval"]["loss"] == ref_metrics["loss"]

