@@ -47,6 +47,11 @@ def shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def shard_global_batches(indices: list[int], rank: int, world: int) -> list[int]:
+    """This rank's part of a global batch. Strided, so length-sorted batches split evenly."""
+    return indices[rank::world]
+
+
 def sequential_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """For evaluation: sorted by length (less padding), order restored by example index."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])

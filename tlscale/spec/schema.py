@@ -115,10 +115,37 @@ class EvalSpec(Section):
 
 
 class DistributedSpec(Section):
-    """Filled by the distributed issue; single process for now."""
+    """How many processes train, and how model state is shared between them."""
 
-    backend: Literal["none"] = "none"
-    num_processes: Literal[1] = 1
+    backend: Literal["none", "ddp", "deepspeed"] = Field(
+        "none", description="none: one process. ddp: replicated model. deepspeed: ZeRO partitioning."
+    )
+    num_processes: PositiveInt = Field(1, description="Processes on this machine (tlscale starts them).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="deepspeed: 1 partitions optimizer state, 2 also gradients, 3 also parameters."
+    )
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_params: Literal["none", "cpu"] = Field("none", description="ZeRO-3 only.")
+    deepspeed_config: Path | None = Field(
+        None, description="Your own DeepSpeed JSON; batch sizes, accumulation, clipping and precision come "
+        "from the spec, and a conflicting value in the file is an error."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DistributedSpec:
+        if self.backend == "none" and self.num_processes > 1:
+            raise ValueError(f"num_processes={self.num_processes} needs backend 'ddp' or 'deepspeed', found 'none'")
+        if self.backend != "deepspeed":
+            for name in ("offload_optimizer", "offload_params"):
+                if getattr(self, name) != "none":
+                    raise ValueError(f"{name} needs backend 'deepspeed', found '{self.backend}'")
+            if self.deepspeed_config is not None:
+                raise ValueError(f"deepspeed_config needs backend 'deepspeed', found '{self.backend}'")
+        if self.offload_params != "none" and self.zero_stage != 3:
+            raise ValueError(f"offload_params needs zero_stage 3, found zero_stage {self.zero_stage}")
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3, found 0")
+        return self
 
 
 class ResourcesSpec(Section):
@@ -147,6 +174,19 @@ class JobSpec(Section):
         if task not in TASKS:
             raise ValueError(TASKS.unknown(task))
         return task
+
+    @model_validator(mode="after")
+    def _fits_distribution(self) -> JobSpec:
+        dist, training = self.distributed, self.training
+        if training.batch_size % dist.num_processes:
+            raise ValueError(
+                f"training.batch_size is the global batch and must divide evenly over distributed.num_processes: "
+                f"found batch_size {training.batch_size} for {dist.num_processes} processes"
+            )
+        if dist.backend == "deepspeed" and self.strategy.name == "gradual_unfreeze":
+            raise ValueError("strategy 'gradual_unfreeze' cannot run under DeepSpeed: ZeRO builds its optimizer "
+                             "partitions from the parameters trainable at start. Use backend 'ddp' or 'none'")
+        return self
 
     @model_validator(mode="after")
     def _metric_known(self) -> JobSpec:

@@ -41,7 +41,7 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     seen: dict[int, bool] = {}
     for param in model.parameters():
         seen[id(param)] = seen.get(id(param), False) or param.requires_grad
-    sizes = {id(p): p.numel() for p in model.parameters()}
+    sizes = {id(p): getattr(p, "ds_numel", p.numel()) for p in model.parameters()}  # ZeRO-3 partitions to 0
     trainable = sum(sizes[i] for i, t in seen.items() if t)
     return trainable, sum(sizes.values())
 

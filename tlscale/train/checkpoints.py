@@ -23,6 +23,8 @@ class TrainState:
     epoch_times_s: list[float] = field(default_factory=list)
     train_time_s: float = 0.0
     samples_seen: int = 0
+    world_size: int = 1
+    backend: str = "none"
 
 
 def write_json_atomic(path: Path, value) -> None:
@@ -48,13 +50,16 @@ def checkpoint_root(output_dir: Path) -> Path:
 
 
 def save_training_state(accelerator, output_dir: Path, state: TrainState, keep: int) -> Path:
+    """Every rank writes its part (DeepSpeed partitions, RNG states) into a temporary folder;
+    the main process publishes it only once all ranks are done."""
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.step:07d}"
     tmp = root / f".tmp-step-{state.step:07d}"
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, asdict(state))
         publish_dir(tmp, final)
@@ -85,13 +90,17 @@ def load_training_state(accelerator, checkpoint: Path) -> TrainState:
     return TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))
 
 
-def save_model(model, tokenizer, label_names: list[str], spec_yaml: str, final: Path) -> None:
-    """A save_pretrained folder that plain transformers loads, plus our label map and spec."""
-    tmp = final.with_name(f".tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    write_json_atomic(tmp / "labels.json", {"labels": label_names})
-    (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
-    publish_dir(tmp, final)
+def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml: str, final: Path) -> None:
+    """A save_pretrained folder that plain transformers loads, plus our label map and spec.
+    Under ZeRO-3 every rank takes part in gathering the full weights; the main process writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        tmp = final.with_name(f".tmp-{final.name}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "labels.json", {"labels": label_names})
+        (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
+        publish_dir(tmp, final)
+    accelerator.wait_for_everyone()

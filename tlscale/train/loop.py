@@ -1,15 +1,20 @@
-"""The one training loop. It reads top to bottom: build, (resume), train, evaluate, save."""
+"""The one training loop. It reads top to bottom: build, (resume), train, evaluate, save.
+
+The same function runs in-process, in each process of a local multi-process launch, and (later)
+inside Ray workers: Accelerate decides what "the model" and "a step" mean (plain, DDP, DeepSpeed).
+"""
 from __future__ import annotations
 
 import math
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from tlscale.errors import ConfigError
+from tlscale.errors import ConfigError, RunStateError
 from tlscale.spec import JobSpec
 from tlscale.train.checkpoints import (
     TrainState,
@@ -50,8 +55,8 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
-          stop_after_steps: int | None = None, show_progress: bool = True) -> RunResult:
+def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None,
+          show_progress: bool = True, launched: bool = False) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -59,7 +64,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     from transformers.utils import logging as hf_logging
 
     from tlscale.data import build_classification_data, length_grouped_batches, tokenize
-    from tlscale.data.batching import shuffled_batches
+    from tlscale.data.batching import shard_global_batches, shuffled_batches
+    from tlscale.distributed.accelerate_setup import accelerator_kwargs
     from tlscale.models import build_classifier, load_tokenizer
     from tlscale.strategies import build_strategy, count_parameters, parameter_groups
     from tlscale.strategies.feature_cache import FeatureCache
@@ -67,13 +73,22 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     from tlscale.train.tracking import trackers_for
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars drown our own progress bar
-    training = spec.training
+    training, dist = spec.training, spec.distributed
     if training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU, none found; use 'bf16' or 'no' on CPU")
 
-    # --- the run directory, its spec and its data --------------------------------------------
+    # --- the process group first: everything below may need to know its rank --------------------
     run = RunDir(spec.output_dir)
-    run.check(resume=resume, overwrite=overwrite)
+    if not launched:  # a launcher checked (and cleared, for --overwrite) the folder before starting us
+        run.check(resume=resume, overwrite=overwrite)
+    _fresh_accelerator_state()
+    accelerator = Accelerator(**accelerator_kwargs(spec), log_with=trackers_for(run.path, training.tensorboard),
+                              project_dir=str(run.path))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if world != dist.num_processes:
+        raise ConfigError(f"distributed.num_processes is {dist.num_processes} but {world} processes are running")
+
+    # --- data ------------------------------------------------------------------------------------
     set_seed(spec.seed)
     tokenizer = load_tokenizer(spec.model)
     data = build_classification_data(spec.data, spec.seed)
@@ -86,28 +101,29 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
     strategy.apply(model)
-    run.create(spec, overwrite=overwrite)
+    if accelerator.is_main_process:
+        run.create(spec, overwrite=overwrite and not launched)
+    else:
+        run.remember(spec)
     trainable, total = count_parameters(model)
     optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy), lr=training.lr,
-                                  fused=True)  # one kernel per step on CPU and CUDA (Trainer's default too)
-    batches_per_epoch = math.ceil(len(train_set) / training.batch_size)
+                                  fused=dist.backend != "deepspeed")  # one kernel per step (Trainer's default too)
+    full, tail = divmod(len(train_set), training.batch_size)
+    batches_per_epoch = _usable_batches(full + (tail >= world), dist, training)
     steps_per_epoch = math.ceil(batches_per_epoch / training.grad_accum_steps)
     total_steps = steps_per_epoch * training.epochs
     if training.max_steps:
         total_steps = min(total_steps, training.max_steps)
     scheduler = get_scheduler(training.scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-
-    _fresh_accelerator_state()
-    accelerator = Accelerator(mixed_precision=training.mixed_precision, cpu=not torch.cuda.is_available(),
-                              log_with=trackers_for(run.path, training.tensorboard), project_dir=str(run.path))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.init_trackers("tensorboard", config={"strategy": spec.strategy.name, "lr": training.lr,
-                                                     "batch_size": training.batch_size, "seed": spec.seed})
-    state = TrainState()
+                                                     "batch_size": training.batch_size, "seed": spec.seed,
+                                                     "world_size": world})
+    state = TrainState(world_size=world, backend=dist.backend)
     checkpoint = latest_checkpoint(run.path) if resume else None
     if checkpoint is not None:
-        state = load_training_state(accelerator, checkpoint)
+        state = _resume(accelerator, checkpoint, dist, world)
         accelerator.print(f"resumed from {checkpoint} (step {state.step})")
     elif resume:
         accelerator.print(f"no checkpoint in {run.path / 'checkpoints'}; starting from step 0")
@@ -116,11 +132,12 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     train_cache = FeatureCache(len(train_set), spec.strategy.cache_features) if strategy.caches_features else None
     eval_cache = FeatureCache(len(eval_set)) if strategy.caches_features else None
     accelerator.print(f"{spec.strategy.name}: {trainable:,} trainable of {total:,} parameters; "
-                      f"{len(train_set)} train / {len(eval_set)} eval examples, {total_steps} steps")
+                      f"{len(train_set)} train / {len(eval_set)} eval examples, {total_steps} steps, "
+                      f"{world} process(es), backend {dist.backend}")
 
     def evaluate(tag: str) -> dict:
-        return evaluate_and_report(raw_model, eval_set, data, spec, run, accelerator.device, pad_id,
-                                   eval_cache, write_files=(tag == "final"))
+        return evaluate_and_report(accelerator, raw_model, eval_set, data, spec, run, pad_id, eval_cache,
+                                   write_files=(tag == "final"))
 
     # --- the loop ------------------------------------------------------------------------------
     progress = tqdm(total=total_steps, initial=state.step, disable=not (show_progress and accelerator.is_main_process),
@@ -133,6 +150,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
             lengths = [len(ids) for ids in train_set.input_ids]
             batches = (length_grouped_batches(lengths, training.batch_size, epoch_seed) if training.group_by_length
                        else shuffled_batches(len(train_set), training.batch_size, epoch_seed))
+            batches = [b for b in batches if len(b) >= world][:batches_per_epoch]  # every rank needs an example
             epoch_start, excluded, time_before = time.perf_counter(), 0.0, state.train_time_s  # excluded: evals, saves
             running_loss, running_count = 0.0, 0
             position = state.batches_in_epoch
@@ -140,8 +158,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
                 group = batches[position:position + training.grad_accum_steps]
                 position += len(group)
                 group_size = sum(len(indices) for indices in group)
-                running_loss += _forward_backward(accelerator, model, train_set, group, pad_id, train_cache)
-                running_count += group_size
+                local = [shard_global_batches(indices, rank, world) for indices in group]
+                running_loss += _forward_backward(accelerator, model, train_set, local, group_size, pad_id,
+                                                  train_cache, deepspeed_gas=_ds_gas(dist, training))
+                running_count += sum(len(indices) for indices in local)
                 if training.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                 optimizer.step()
@@ -152,18 +172,19 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
                 state.samples_seen += group_size
                 progress.update(1)
                 if strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch):
-                    trainable, _ = count_parameters(raw_model)
-                    accelerator.log({"trainable_params": trainable}, step=state.step)
+                    accelerator.log({"trainable_params": count_parameters(raw_model)[0]}, step=state.step)
                 if state.step % training.log_every_steps == 0:
-                    accelerator.log({"train/loss": running_loss / running_count, "train/lr": scheduler.get_last_lr()[0],
+                    loss = _mean_over_processes(accelerator, running_loss, running_count)
+                    accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
                                      "epoch": state.epoch + position / len(batches)}, step=state.step)
-                    progress.set_postfix(loss=f"{running_loss / running_count:.4f}")
+                    progress.set_postfix(loss=f"{loss:.4f}")
                     running_loss, running_count = 0.0, 0
                 if training.eval_every_steps and state.step % training.eval_every_steps == 0:
                     eval_start = time.perf_counter()
-                    _eval_and_keep_best(evaluate, accelerator, raw_model, tokenizer, data, spec, run, state)
+                    _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state, spec)
                     excluded += time.perf_counter() - eval_start
-                stop_now = preemption.requested or (stop_after_steps is not None and state.step >= stop_after_steps)
+                stop_now = _agree(accelerator, preemption.requested or
+                                  (stop_after_steps is not None and state.step >= stop_after_steps))
                 if stop_now or (training.save_every_steps and state.step % training.save_every_steps == 0):
                     save_start = time.perf_counter()
                     state.train_time_s = time_before + save_start - epoch_start - excluded
@@ -190,15 +211,16 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
     # --- final model, evaluation and metrics ---------------------------------------------------
     if training.keep_best and run.best_model.exists():
         accelerator.print(f"final model = best evaluated at step {state.best_step}")
-        raw_model.load_state_dict(_best_state(run.best_model, raw_model), strict=True)
+        raw_model.load_state_dict(_best_state(run.best_model), strict=True)
     final_eval = evaluate("final")
-    save_model(raw_model, tokenizer, data.label_names, run.spec_yaml, run.model_dir)
+    save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.model_dir)
     metrics = {
         "task": spec.task,
         "strategy": spec.strategy.name,
         "model": spec.model.name_or_path,
         "eval": final_eval,
-        "trainable_params": count_parameters(raw_model)[0],
+        "trainable_params": count_parameters(raw_model)[0] if dist.zero_stage != 3 or dist.backend != "deepspeed"
+        else trainable,
         "trainable_params_at_start": trainable,
         "total_params": total,
         "train_examples": len(train_set),
@@ -211,8 +233,11 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
         "train_samples_per_s": round(state.samples_seen / max(state.train_time_s, 1e-9), 3),
         "best_step": state.best_step,
         "seed": spec.seed,
+        "distributed": {"backend": dist.backend, "num_processes": world,
+                        "zero_stage": dist.zero_stage if dist.backend == "deepspeed" else None},
     }
-    run.write_metrics(metrics)
+    if accelerator.is_main_process:
+        run.write_metrics(metrics)
     accelerator.log({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=state.step)
     accelerator.end_training()
     accelerator.print(f"eval accuracy {final_eval['accuracy']:.4f}  macro-F1 {final_eval['f1_macro']:.4f}  "
@@ -223,34 +248,89 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False,
 def _fresh_accelerator_state() -> None:
     """Accelerate keeps process-wide singletons; a second in-process run (notebooks, benchmarks,
     tests) with other settings would otherwise fail. Launched multi-process runs keep theirs."""
-    import os
-
     from accelerate.state import AcceleratorState, GradientState
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    from tlscale.distributed.accelerate_setup import world_size
+
+    if world_size() == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
 
-def _forward_backward(accelerator, model, train_set, group: list[list[int]], pad_id: int, cache) -> float:
-    """Gradients of one optimizer step's micro-batches, weighted by size; returns the summed loss."""
+def _usable_batches(n_batches: int, dist, training) -> int:
+    """DeepSpeed counts micro-batches itself: every optimizer step must see exactly
+    grad_accum_steps of them, so a ragged tail is dropped rather than miscounted."""
+    if dist.backend == "deepspeed" and training.grad_accum_steps > 1:
+        return n_batches - n_batches % training.grad_accum_steps
+    return n_batches
+
+
+def _ds_gas(dist, training) -> int:
+    return training.grad_accum_steps if dist.backend == "deepspeed" else 1
+
+
+def _forward_backward(accelerator, model, train_set, local_group: list[list[int]], global_size: int, pad_id: int,
+                      cache, deepspeed_gas: int = 1) -> float:
+    """Gradients of one optimizer step. Each rank's micro-batch loss is weighted so that, after the
+    backend averages over ranks (and DeepSpeed divides by accumulation steps), the gradient is that of
+    the mean loss over the whole global group: the same as one process would compute."""
     from tlscale.data import collate
 
-    group_size = sum(len(indices) for indices in group)
     total = 0.0
-    for indices in group:
+    scale = accelerator.num_processes * deepspeed_gas / global_size
+    for i, indices in enumerate(local_group):
+        last = i == len(local_group) - 1
+        accelerator.sync_gradients = last  # DeepSpeed steps only at the boundary
         batch = collate(train_set, indices, pad_id)
         index = batch.pop("index")
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        if cache is not None:
-            batch = cache.inputs(model, batch, index)
-        loss = model(**batch).loss
-        accelerator.backward(loss * len(indices) / group_size)
+        replicated = accelerator.distributed_type.name in ("MULTI_CPU", "MULTI_GPU")  # DDP: reduce once per step
+        with accelerator.no_sync(model) if replicated and not last else nullcontext():
+            if cache is not None:
+                batch = cache.inputs(model, batch, index)
+            loss = model(**batch).loss
+            accelerator.backward(loss * len(indices) * scale)
         total += loss.item() * len(indices)
+    accelerator.sync_gradients = True
     return total
 
 
-def _eval_and_keep_best(evaluate, accelerator, raw_model, tokenizer, data, spec, run, state: TrainState) -> None:
+def _mean_over_processes(accelerator, loss_sum: float, count: int) -> float:
+    if accelerator.num_processes == 1:
+        return loss_sum / max(count, 1)
+    totals = accelerator.reduce(torch.tensor([loss_sum, float(count)], device=accelerator.device), reduction="sum")
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def _agree(accelerator, flag: bool) -> bool:
+    """A stop request on any rank stops all of them at the same step (a save needs every rank)."""
+    if accelerator.num_processes == 1:
+        return flag
+    value = accelerator.reduce(torch.tensor([1.0 if flag else 0.0], device=accelerator.device), reduction="sum")
+    return bool(value.item() > 0)
+
+
+def _resume(accelerator, checkpoint: Path, dist, world: int) -> TrainState:
+    import json
+
+    from tlscale.train.checkpoints import STATE_FILE
+
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    saved_world, saved_backend = saved.get("world_size", 1), saved.get("backend", "none")
+    if saved_backend == "deepspeed" or dist.backend == "deepspeed":
+        if saved_backend != dist.backend or saved_world != world:
+            raise RunStateError(
+                f"{checkpoint}: saved by backend '{saved_backend}' on {saved_world} process(es); this run is "
+                f"'{dist.backend}' on {world}. DeepSpeed checkpoints hold per-rank partitions of the optimizer "
+                "state and resume only with the same backend and num_processes. Resume with those settings, "
+                "or start a new run from the saved model folder"
+            )
+    state = load_training_state(accelerator, checkpoint)
+    state.world_size, state.backend = world, dist.backend
+    return state
+
+
+def _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state: TrainState, spec) -> None:
     result = evaluate("periodic")
     accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=state.step)
     name = spec.training.metric_for_best
@@ -258,11 +338,11 @@ def _eval_and_keep_best(evaluate, accelerator, raw_model, tokenizer, data, spec,
     better = state.best_metric is None or (value < state.best_metric if name in ("loss", "ece") else value > state.best_metric)
     if better:
         state.best_metric, state.best_step = value, state.step
-        if spec.training.keep_best and accelerator.is_main_process:
-            save_model(raw_model, tokenizer, data.label_names, run.spec_yaml, run.best_model)
+        if spec.training.keep_best:
+            save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.best_model)
 
 
-def _best_state(path: Path, model) -> dict:
+def _best_state(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path / "model.safetensors"))

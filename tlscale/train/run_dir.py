@@ -40,5 +40,9 @@ class RunDir:
         self.spec_yaml = dump_spec(spec)
         (self.path / "spec.yaml").write_text(self.spec_yaml)
 
+    def remember(self, spec: JobSpec) -> None:
+        """Non-main ranks: know the resolved spec (saved into checkpoints) without writing files."""
+        self.spec_yaml = dump_spec(spec)
+
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomic(self.metrics_file, metrics)
