@@ -80,16 +80,23 @@ def schema(output: Annotated[Optional[Path], typer.Option("--output", "-o", help
 def train(spec: SpecArg, overrides: Overrides = None,
           resume: Annotated[bool, typer.Option(help="Continue the run in output_dir from its latest checkpoint.")] = False,
           overwrite: Annotated[bool, typer.Option(help="Delete an existing run in output_dir first.")] = False,
+          nproc: Annotated[Optional[int], typer.Option(
+              "--nproc", help="Processes on this machine (sets distributed.num_processes).")] = None,
           stop_after_steps: Annotated[Optional[int], typer.Option(
               help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train (and evaluate) the job described by SPEC."""
-    from tlscale.train import train as run_training
+    from tlscale.runners.local import WorkerFailed, run_training
 
-    job = _load(spec, overrides)
-    result = run_training(job, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
-                          show_progress=progress)
-    if not result.interrupted:
+    extra = [f"distributed.num_processes={nproc}"] if nproc else []
+    job = _load(spec, (overrides or []) + extra)
+    try:
+        result = run_training(job, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                              show_progress=progress)
+    except WorkerFailed as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        raise typer.Exit(1) from None
+    if result is not None and not result.interrupted:
         ev = result.metrics["eval"]
         out.print(f"accuracy={ev['accuracy']:.4f} f1_macro={ev['f1_macro']:.4f} -> {result.output_dir / 'metrics.json'}")
 

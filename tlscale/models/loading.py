@@ -98,6 +98,9 @@ def build_classifier(spec: ModelSpec, label_names: list[str]):
     config.classifier_pooling = default_pooling(path, config) if spec.pooling == "auto" else spec.pooling
     if spec.classifier_dropout is not None:
         config.classifier_dropout = spec.classifier_dropout
+    backbone_overrides = dropout_overrides(config, spec.dropout)
+    for key, value in backbone_overrides.items():
+        setattr(config, key, value)
     if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
         config.pad_token_id = config.eos_token_id
     if getattr(config, "model_type", None) == "pooled_classifier":
@@ -106,19 +109,30 @@ def build_classifier(spec: ModelSpec, label_names: list[str]):
         model = PooledSequenceClassifier.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
     else:
         model = PooledSequenceClassifier(config)
-        model.backbone = drop_unused_pooler(_load_backbone(path))
+        model.backbone = drop_unused_pooler(_load_backbone(path, backbone_overrides))
     PooledSequenceClassifier.register_for_auto_class("AutoModelForSequenceClassification")
     return model
 
 
-def _load_backbone(path: str):
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
+                "dropout", "attention_dropout")
+
+
+def dropout_overrides(config, dropout: float | None) -> dict:
+    """The config keys that hold dropout probabilities in BERT-, GPT-2- and Llama-shaped models."""
+    if dropout is None:
+        return {}
+    return {key: dropout for key in DROPOUT_KEYS if hasattr(config, key)}
+
+
+def _load_backbone(path: str, overrides: dict | None = None):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the unused LM head of full checkpoints
     try:
-        return AutoModel.from_pretrained(path)
+        return AutoModel.from_pretrained(path, **(overrides or {}))
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     finally:

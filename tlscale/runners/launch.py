@@ -27,4 +27,6 @@ def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int 
         threads = max(1, (os.cpu_count() or 1) // nproc)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        # DeepSpeed compiles its CPU ops (comm, Adam) on first use: once per machine, not per run
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tlscale" / "torch_extensions"))
         return subprocess.run(command, env=env).returncode

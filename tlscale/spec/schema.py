@@ -23,6 +23,9 @@ class ModelSpec(Section):
     )
     max_length: PositiveInt = Field(128, description="Tokens per example; longer inputs are truncated.")
     classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Override the backbone's dropout probabilities (hidden and attention)."
+    )
 
 
 class DataSpec(Section):

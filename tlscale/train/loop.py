@@ -71,6 +71,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     from tlscale.strategies.feature_cache import FeatureCache
     from tlscale.train.evaluation import evaluate_and_report
     from tlscale.train.tracking import trackers_for
+    from tlscale.train.verify import batch_loss, fixed_batch, verify_saved_model
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars drown our own progress bar
     training, dist = spec.training, spec.distributed
@@ -213,7 +214,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         accelerator.print(f"final model = best evaluated at step {state.best_step}")
         raw_model.load_state_dict(_best_state(run.best_model), strict=True)
     final_eval = evaluate("final")
+    probe = fixed_batch(eval_set, pad_id)
+    probe_loss = batch_loss(raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
     save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.model_dir)
+    verified = verify_saved_model(run.model_dir, probe, probe_loss) if world == 1 else None
     metrics = {
         "task": spec.task,
         "strategy": spec.strategy.name,
@@ -233,6 +237,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         "train_samples_per_s": round(state.samples_seen / max(state.train_time_s, 1e-9), 3),
         "best_step": state.best_step,
         "seed": spec.seed,
+        "fixed_batch_loss": probe_loss,
+        "saved_model_verified": verified is not None,
         "distributed": {"backend": dist.backend, "num_processes": world,
                         "zero_stage": dist.zero_stage if dist.backend == "deepspeed" else None},
     }

@@ -1,0 +1,129 @@
+"""Two local processes over gloo: DDP and DeepSpeed ZeRO-2/3 (+ CPU offload) match one process,
+save verified models, resume across world sizes, and a failing rank fails the run."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_cli, tiny_spec, write_spec
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 6
+BACKENDS = {
+    "ddp": {"backend": "ddp"},
+    "zero2": {"backend": "deepspeed", "zero_stage": 2},
+    "zero3": {"backend": "deepspeed", "zero_stage": 3},
+    "zero3-offload": {"backend": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu", "offload_params": "cpu"},
+}
+
+
+def spec_for(tmp_path, train_file, dev_file, name, distributed=None, **training):
+    raw = tiny_spec(tmp_path / name, train_file, dev_file,
+                    model={"dropout": 0.0, "classifier_dropout": 0.0},  # same maths on 1 or 2 ranks
+                    training={"epochs": 1, "max_steps": STEPS, "lr": 1e-4, "log_every_steps": 1, **training},
+                    distributed=distributed or {})
+    return write_spec(tmp_path / f"{name}.yaml", raw)
+
+
+def losses(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["train/loss"] for row in rows if "train/loss" in row]
+
+
+def train_ok(*args):
+    result = run_cli("train", *map(str, args), "--no-progress")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, request):
+    """One-process run of the same global batch."""
+    tmp = tmp_path_factory.mktemp("reference")
+    rows = request.getfixturevalue("module_sst2")
+    train_ok(spec_for(tmp, *rows, "one"))
+    return tmp / "one", rows
+
+
+@pytest.fixture(scope="module")
+def module_sst2(tmp_path_factory):
+    from tests.conftest import DATA
+
+    tmp = tmp_path_factory.mktemp("data")
+    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
+    (tmp / "train.tsv").write_text("\n".join(lines[:161]) + "\n")
+    (tmp / "dev.tsv").write_text("\n".join(lines[:1] + lines[1001:1065]) + "\n")
+    return tmp / "train.tsv", tmp / "dev.tsv"
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_two_processes_match_one(tmp_path, reference, name):
+    one_dir, (train_file, dev_file) = reference
+    train_ok(spec_for(tmp_path, train_file, dev_file, name, {**BACKENDS[name], "num_processes": 2}))
+    ours, theirs = losses(tmp_path / name), losses(one_dir)
+    assert len(ours) == len(theirs) == STEPS
+    assert ours[0] == pytest.approx(theirs[0], abs=1e-5)  # same examples, same weights: same first loss
+    assert ours == pytest.approx(theirs, abs=2e-3)
+    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+    reference_metrics = json.loads((one_dir / "metrics.json").read_text())
+    assert metrics["saved_model_verified"] is True
+    assert metrics["distributed"]["num_processes"] == 2
+    assert metrics["eval"]["num_examples"] == 64  # gathered across ranks, nothing dropped or doubled
+    assert metrics["eval"]["loss"] == pytest.approx(reference_metrics["eval"]["loss"], abs=2e-3)
+    assert metrics["eval"]["accuracy"] == pytest.approx(reference_metrics["eval"]["accuracy"], abs=0.05)
+
+
+@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+def test_ddp_resume_across_world_sizes(tmp_path, module_sst2, first, second):
+    path = spec_for(tmp_path, *module_sst2, "run", {"backend": "ddp", "num_processes": first}, save_every_steps=3)
+    train_ok(path, "--stop-after-steps", "3")
+    assert not (tmp_path / "run" / "model").exists()
+    result = train_ok(path, "--resume", "--nproc", str(second))
+    assert "resumed from" in result.stdout + result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS and metrics["distributed"]["num_processes"] == second
+    assert metrics["saved_model_verified"] is True
+    uninterrupted = spec_for(tmp_path, *module_sst2, "straight", {"backend": "ddp", "num_processes": first})
+    train_ok(uninterrupted)
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert metrics["eval"]["loss"] == pytest.approx(straight["eval"]["loss"], abs=2e-3)
+
+
+def test_deepspeed_checkpoint_refuses_another_world_size(tmp_path, module_sst2):
+    path = spec_for(tmp_path, *module_sst2, "run", {"backend": "deepspeed", "zero_stage": 2, "num_processes": 2},
+                    save_every_steps=3)
+    train_ok(path, "--stop-after-steps", "3")
+    result = run_cli("train", str(path), "--resume", "--no-progress", "distributed.num_processes=1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "resume only with the same backend and num_processes" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failing_rank_fails_the_run_with_its_error(tmp_path, module_sst2):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import tlscale.train.loop as loop\n"
+        "    def broken(*a, **k):\n"
+        "        raise RuntimeError('injected failure on rank 1')\n"
+        "    loop._forward_backward = broken\n"
+    )
+    path = spec_for(tmp_path, *module_sst2, "run", {"backend": "ddp", "num_processes": 2})
+    env_before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(hook) + (os.pathsep + env_before if env_before else "")
+    try:
+        result = run_cli("train", str(path), "--no-progress", timeout=300)
+    finally:
+        if env_before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = env_before
+    assert result.returncode == 1
+    assert "injected failure on rank 1" in result.stdout + result.stderr
+    assert "training failed in a worker process" in result.stderr
+    assert not (tmp_path / "run" / "model").exists()

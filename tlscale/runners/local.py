@@ -1,0 +1,63 @@
+"""`tlscale train`: in this process, or in N local processes that run the same loop."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from tlscale.errors import RunStateError
+from tlscale.spec import JobSpec
+from tlscale.train import RunResult
+
+
+def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
+                 show_progress: bool) -> RunResult | None:
+    if spec.distributed.num_processes == 1:
+        from tlscale.train import train
+
+        return train(spec, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                     show_progress=show_progress)
+    return _launch(spec, resume, overwrite, stop_after_steps, show_progress)
+
+
+def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
+            show_progress: bool) -> RunResult | None:
+    from tlscale.data import build_classification_data
+    from tlscale.models import resolve_model_path
+    from tlscale.runners.launch import launch_local
+    from tlscale.train.run_dir import RunDir
+
+    run = RunDir(spec.output_dir)
+    run.check(resume=resume, overwrite=overwrite)
+    resolve_model_path(spec.model.name_or_path)
+    build_classification_data(spec.data, spec.seed)  # bad data fails here, once, with exit code 2
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress)
+    if code == 2:
+        raise RunStateError("a worker rejected its input (message above)")
+    if code != 0:
+        raise WorkerFailed(code)
+    if not run.metrics_file.exists():
+        return None  # stopped early (--stop-after-steps or preemption); checkpoint written
+    metrics = json.loads(run.metrics_file.read_text())
+    metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics))
+    run.write_metrics(metrics)
+    return RunResult(run.path, metrics)
+
+
+def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
+    """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
+    from tlscale.data import build_classification_data, tokenize
+    from tlscale.models import load_tokenizer
+    from tlscale.train.verify import fixed_batch, verify_saved_model
+
+    tokenizer = load_tokenizer(spec.model)
+    data = build_classification_data(spec.data, spec.seed)
+    batch = fixed_batch(tokenize(data.eval, tokenizer, spec.model.max_length), tokenizer.pad_token_id)
+    return verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"])
+
+
+class WorkerFailed(Exception):
+    def __init__(self, code: int):
+        self.code = code
+        super().__init__(f"training failed in a worker process (exit code {code}); its error is shown above")

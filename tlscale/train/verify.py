@@ -1,0 +1,63 @@
+"""Check a saved model after writing it: every tensor present and non-empty, reloadable by plain
+transformers, and giving the in-memory model's loss on a fixed batch. This catches the classic
+ZeRO-3 failure (empty or partial weights in the saved folder) at the end of the run, not in production.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from tlscale.data.batching import collate
+from tlscale.errors import RunStateError
+
+FIXED_BATCH = 8
+
+
+def fixed_batch(eval_set, pad_id: int) -> dict:
+    batch = collate(eval_set, list(range(min(FIXED_BATCH, len(eval_set)))), pad_id)
+    batch.pop("index")
+    return batch
+
+
+@torch.no_grad()
+def batch_loss(model, batch: dict, device="cpu") -> float:
+    was_training = model.training
+    model.eval()
+    loss = model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
+    model.train(was_training)
+    return loss
+
+
+def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float, tolerance: float = 1e-4) -> dict:
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from tlscale.models.pooled_classifier import PooledSequenceClassifier
+
+    problems = []
+    with torch.device("meta"):
+        expected = PooledSequenceClassifier(AutoConfig.from_pretrained(model_dir)).state_dict()
+    tensors = {}
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            tensors.update({key: handle.get_slice(key).get_shape() for key in handle.keys()})
+    missing = sorted(set(expected) - set(tensors))
+    empty = sorted(key for key, shape in tensors.items() if math.prod(shape) == 0)
+    wrong = sorted(key for key in set(expected) & set(tensors) if list(expected[key].shape) != list(tensors[key]))
+    if missing:
+        problems.append(f"{len(missing)} tensors missing, e.g. {missing[:3]}")
+    if empty:
+        problems.append(f"{len(empty)} empty tensors, e.g. {empty[:3]}")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors with the wrong shape, e.g. {wrong[:3]}")
+    reloaded_loss = None
+    if not problems:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)
+        reloaded_loss = batch_loss(model, batch)
+        if abs(reloaded_loss - expected_loss) > tolerance * max(1.0, abs(expected_loss)):
+            problems.append(f"reloaded loss {reloaded_loss:.6f} != in-memory loss {expected_loss:.6f} on a fixed batch")
+    if problems:
+        raise RunStateError([f"{model_dir}: saved model failed verification: {p}" for p in problems])
+    return {"tensors": len(tensors), "fixed_batch_loss": expected_loss, "reloaded_loss": reloaded_loss}
