@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, pinned (an unpinned torch pulls a multi-GB CUDA build on this machine kind)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	# DeepSpeed is an sdist that builds against the torch above: no build isolation
+	$(BIN)/pip install -q -c constraints.txt --no-build-isolation "deepspeed>=0.15"
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

@@ -43,3 +43,24 @@ def test_saved_model_loads_with_plain_transformers(tmp_path):
     assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
                           loaded(input_ids=ids, attention_mask=mask).logits)
     assert loaded.config.classifier_pooling == "mean"
+
+
+def test_verification_catches_an_empty_or_missing_tensor(tmp_path):
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from tlscale.errors import RunStateError
+    from tlscale.train.verify import batch_loss, verify_saved_model
+
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"]).eval()
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(1000, 2000, (4, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 0, 1])}
+    report = verify_saved_model(tmp_path, batch, batch_loss(model, batch))
+    assert report["reloaded_loss"] == pytest.approx(report["fixed_batch_loss"])
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["classifier.weight"] = torch.empty(0)  # what a broken ZeRO-3 gather writes
+    del tensors["classifier.bias"]
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RunStateError, match="missing.*classifier.bias|empty.*classifier.weight"):
+        verify_saved_model(tmp_path, batch, batch_loss(model, batch))

@@ -1,0 +1,81 @@
+"""The distributed spec section and the DeepSpeed JSON built from it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import tiny_spec
+from tlscale.distributed.deepspeed_config import deepspeed_config
+from tlscale.errors import ConfigError
+from tlscale.spec import spec_from_dict
+
+
+def make(tmp_path, distributed, **training):
+    raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", tmp_path / "d.tsv",
+                    training={"batch_size": 16, "grad_accum_steps": 2, **training}, distributed=distributed)
+    return spec_from_dict(raw)
+
+
+def test_derived_config(tmp_path):
+    spec = make(tmp_path, {"backend": "deepspeed", "num_processes": 2, "zero_stage": 3,
+                           "offload_optimizer": "cpu", "offload_params": "cpu"}, mixed_precision="bf16")
+    config = deepspeed_config(spec)
+    assert config["train_micro_batch_size_per_gpu"] == 8
+    assert config["gradient_accumulation_steps"] == 2 and config["train_batch_size"] == 32
+    assert config["gradient_clipping"] == 1.0
+    assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+
+
+def test_user_json_is_merged_and_auto_is_accepted(tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": 1.0,
+                                "zero_optimization": {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 5e7}}))
+    spec = make(tmp_path, {"backend": "deepspeed", "num_processes": 2, "zero_stage": 2, "deepspeed_config": str(user)})
+    config = deepspeed_config(spec)
+    assert config["zero_optimization"]["overlap_comm"] is True
+    assert config["zero_optimization"]["reduce_bucket_size"] == 5e7
+    assert config["train_micro_batch_size_per_gpu"] == 8
+
+
+def test_user_json_conflicts_are_errors_naming_both_sides(tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"gradient_clipping": 0.5, "zero_optimization": {"stage": 3},
+                                "optimizer": {"type": "Adam"}, "bf16": {"enabled": True}}))
+    spec = make(tmp_path, {"backend": "deepspeed", "num_processes": 2, "zero_stage": 2, "deepspeed_config": str(user)})
+    with pytest.raises(ConfigError) as info:
+        deepspeed_config(spec)
+    text = "\n".join(info.value.messages)
+    assert "gradient_clipping" in text and "training.max_grad_norm" in text
+    assert "zero_optimization.stage" in text and "distributed.zero_stage" in text
+    assert "bf16.enabled" in text and "'optimizer' is set" in text
+    assert len(info.value.messages) == 4
+
+
+def test_user_json_unreadable(tmp_path):
+    user = tmp_path / "ds.json"
+    user.write_text('{"zero_optimization": {"stage": 2,}}')
+    spec = make(tmp_path, {"backend": "deepspeed", "num_processes": 2, "deepspeed_config": str(user)})
+    with pytest.raises(ConfigError, match="ds.json:1: distributed.deepspeed_config is not valid JSON"):
+        deepspeed_config(spec)
+
+
+@pytest.mark.parametrize("distributed,training,fragment", [
+    ({"backend": "none", "num_processes": 2}, {}, "needs backend 'ddp' or 'deepspeed'"),
+    ({"backend": "ddp", "offload_optimizer": "cpu"}, {}, "offload_optimizer needs backend 'deepspeed'"),
+    ({"backend": "deepspeed", "zero_stage": 2, "offload_params": "cpu"}, {}, "offload_params needs zero_stage 3"),
+    ({"backend": "ddp", "num_processes": 3}, {}, "must divide evenly"),
+])
+def test_incoherent_distributed_sections(tmp_path, distributed, training, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make(tmp_path, distributed, **training)
+
+
+def test_gradual_unfreeze_rejected_under_deepspeed(tmp_path):
+    raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", None, strategy={"name": "gradual_unfreeze"},
+                    distributed={"backend": "deepspeed", "num_processes": 2})
+    with pytest.raises(ConfigError, match="gradual_unfreeze' cannot run under DeepSpeed"):
+        spec_from_dict(raw)
