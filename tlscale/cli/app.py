@@ -132,3 +132,37 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
 
 def main() -> None:
     app()
+
+
+@app.command()
+@user_errors
+def plan(spec: SpecArg, overrides: Overrides = None,
+         gpu_memory: Annotated[str, typer.Option(help="Memory of one device, e.g. 80GiB.")] = "80GiB",
+         gpus: Annotated[Optional[int], typer.Option(help="Devices (default: distributed.num_processes).")] = None):
+    """Estimate per-device memory for each ZeRO stage / offload choice and recommend one."""
+    from rich.table import Table
+
+    from tlscale.distributed.planner import GIB, model_size, parse_bytes, recommend
+    from tlscale.distributed.planner import plan as make_plan
+
+    job = _load(spec, overrides)
+    device_bytes = parse_bytes(gpu_memory)
+    n = gpus or job.distributed.num_processes
+    size = model_size(job)
+    micro = max(1, job.training.batch_size // n)
+    estimates = make_plan(size, n, micro, job.model.max_length, job.training.mixed_precision != "no")
+    table = Table(title=f"{job.model.name_or_path}: {size.total / 1e6:,.1f}M parameters "
+                        f"({size.trainable / 1e6:,.2f}M trainable, strategy {job.strategy.name}), {n} device(s), "
+                        f"micro-batch {micro} x {job.model.max_length} tokens", title_justify="left")
+    for column in ("option (GiB per device)", "params", "grads", "optim", "activ", "total", "host/proc", "fits"):
+        table.add_column(column, justify="left" if column.startswith("option") else "right", no_wrap=True)
+    for e in estimates:
+        table.add_row(e.option.name, *(f"{v / GIB:.3f}" for v in (e.params, e.grads, e.optimizer, e.activations,
+                                                                   e.device_total, e.cpu)),
+                      "yes" if e.device_total <= device_bytes else "no")
+    Console(width=max(out.width, 110), highlight=False).print(table)
+    best = recommend(estimates, device_bytes)
+    if best is None:
+        out.print(f"Nothing fits in {gpu_memory} per device: add devices, lower training.batch_size or model.max_length.")
+    else:
+        out.print(f"Recommended: {best.option.name} ({best.device_total / GIB:.2f} GiB of {gpu_memory} per device)")

@@ -117,7 +117,11 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         total_steps = min(total_steps, training.max_steps)
     scheduler = get_scheduler(training.scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler stays ours: prepared, Accelerate steps it once per process (DDP) and DeepSpeed's
+    # engine steps it again (both seen in the LR log). Our batch size is global and we step it once
+    # per optimizer step; registering it keeps its state in checkpoints.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     accelerator.init_trackers("tensorboard", config={"strategy": spec.strategy.name, "lr": training.lr,
                                                      "batch_size": training.batch_size, "seed": spec.seed,
                                                      "world_size": world})
