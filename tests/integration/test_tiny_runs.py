@@ -131,7 +131,8 @@ def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
         result = run_training(spec_from_dict(spec), show_progress=False)
     finally:
         pooled_classifier.PooledSequenceClassifier.features = original
-    assert sum(calls) == 160 + 64  # every train and eval example exactly once, over 3 epochs
+    # every train and eval example exactly once over 3 epochs, plus the 8-example probe that checks the saved model
+    assert sum(calls) == 160 + 64 + 8
     assert result.metrics["trainable_params"] == 32 * 2 + 2
     assert len(result.metrics["epoch_times_s"]) == 3
 
