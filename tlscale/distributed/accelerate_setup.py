@@ -17,12 +17,15 @@ def accelerator_kwargs(spec: JobSpec) -> dict:
     from accelerate.utils import InitProcessGroupKwargs
 
     on_cpu = not torch.cuda.is_available()
-    kwargs: dict = {"mixed_precision": spec.training.mixed_precision, "cpu": on_cpu}
+    deepspeed = spec.distributed.backend == "deepspeed"
+    # cpu=True is what makes DDP run on CPU, but Accelerate silently drops DeepSpeed when it is set:
+    # DeepSpeed finds the CPU by itself.
+    kwargs: dict = {"mixed_precision": spec.training.mixed_precision, "cpu": on_cpu and not deepspeed}
     if world_size() > 1 and on_cpu:
         # Without an explicit gloo handler Accelerate sees one process on CPU and DeepSpeed's
         # batch-size check fails (see PLATFORM-NOTES); with it DDP and ZeRO run over gloo.
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
-    if spec.distributed.backend == "deepspeed":
+    if deepspeed:
         require("deepspeed", "deepspeed")
         from accelerate.utils import DeepSpeedPlugin
 
@@ -30,6 +33,18 @@ def accelerator_kwargs(spec: JobSpec) -> dict:
 
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(spec))
     return kwargs
+
+
+def check_backend(accelerator, spec: JobSpec) -> None:
+    """Never train silently with another backend than the spec asked for."""
+    from accelerate.utils import DistributedType
+
+    expected = {"deepspeed": {DistributedType.DEEPSPEED},
+                "ddp": {DistributedType.MULTI_CPU, DistributedType.MULTI_GPU, DistributedType.NO}}
+    wanted = expected.get(spec.distributed.backend)
+    if wanted and accelerator.distributed_type not in wanted:
+        raise RuntimeError(f"distributed.backend is '{spec.distributed.backend}' but Accelerate set up "
+                           f"{accelerator.distributed_type}; refusing to train with the wrong backend")
 
 
 def finish_worker(exit_code: int) -> None:

@@ -11,7 +11,7 @@ from tlscale.train import RunResult
 
 def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
                  show_progress: bool) -> RunResult | None:
-    if spec.distributed.num_processes == 1:
+    if spec.distributed.backend == "none":  # DDP and DeepSpeed always get a process group, even of one
         from tlscale.train import train
 
         return train(spec, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
@@ -24,10 +24,14 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
     from tlscale.data import build_classification_data
     from tlscale.models import resolve_model_path
     from tlscale.runners.launch import launch_local
+    from tlscale.train.checkpoints import check_resumable, latest_checkpoint
     from tlscale.train.run_dir import RunDir
 
     run = RunDir(spec.output_dir)
     run.check(resume=resume, overwrite=overwrite)
+    checkpoint = latest_checkpoint(run.path) if resume else None
+    if checkpoint is not None:
+        check_resumable(checkpoint, spec.distributed.backend, spec.distributed.num_processes)
     resolve_model_path(spec.model.name_or_path)
     build_classification_data(spec.data, spec.seed)  # bad data fails here, once, with exit code 2
     if overwrite and run.path.exists():

@@ -189,6 +189,9 @@ class JobSpec(Section):
         if dist.backend == "deepspeed" and self.strategy.name == "gradual_unfreeze":
             raise ValueError("strategy 'gradual_unfreeze' cannot run under DeepSpeed: ZeRO builds its optimizer "
                              "partitions from the parameters trainable at start. Use backend 'ddp' or 'none'")
+        if dist.backend == "deepspeed" and dist.zero_stage == 3 and training.keep_best and training.eval_every_steps:
+            raise ValueError("training.keep_best with eval_every_steps is not supported under ZeRO-3 (the best "
+                             "weights cannot be loaded back into partitioned parameters); set training.keep_best=false")
         return self
 
     @model_validator(mode="after")

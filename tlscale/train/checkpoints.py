@@ -85,6 +85,20 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return path
 
 
+def check_resumable(checkpoint: Path, backend: str, world: int) -> None:
+    """DDP and single-process checkpoints hold full states and resume on any number of processes;
+    DeepSpeed's hold per-rank partitions and resume only where they were written."""
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    saved_world, saved_backend = saved.get("world_size", 1), saved.get("backend", "none")
+    if "deepspeed" in (saved_backend, backend) and (saved_backend, saved_world) != (backend, world):
+        raise RunStateError(
+            f"{checkpoint}: saved by backend '{saved_backend}' on {saved_world} process(es); this run is "
+            f"'{backend}' on {world}. DeepSpeed checkpoints hold per-rank partitions of the optimizer "
+            "state and resume only with the same backend and num_processes. Resume with those settings, "
+            "or start a new run from the saved model folder"
+        )
+
+
 def load_training_state(accelerator, checkpoint: Path) -> TrainState:
     accelerator.load_state(str(checkpoint))
     return TrainState(**json.loads((checkpoint / STATE_FILE).read_text()))

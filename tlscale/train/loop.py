@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tlscale.errors import ConfigError, RunStateError
+from tlscale.errors import ConfigError
 from tlscale.spec import JobSpec
 from tlscale.train.checkpoints import (
     TrainState,
@@ -65,7 +65,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
 
     from tlscale.data import build_classification_data, length_grouped_batches, tokenize
     from tlscale.data.batching import shard_global_batches, shuffled_batches
-    from tlscale.distributed.accelerate_setup import accelerator_kwargs
+    from tlscale.distributed.accelerate_setup import accelerator_kwargs, check_backend
     from tlscale.models import build_classifier, load_tokenizer
     from tlscale.strategies import build_strategy, count_parameters, parameter_groups
     from tlscale.strategies.feature_cache import FeatureCache
@@ -78,16 +78,9 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     if training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU, none found; use 'bf16' or 'no' on CPU")
 
-    # --- the process group first: everything below may need to know its rank --------------------
     run = RunDir(spec.output_dir)
     if not launched:  # a launcher checked (and cleared, for --overwrite) the folder before starting us
         run.check(resume=resume, overwrite=overwrite)
-    _fresh_accelerator_state()
-    accelerator = Accelerator(**accelerator_kwargs(spec), log_with=trackers_for(run.path, training.tensorboard),
-                              project_dir=str(run.path))
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if world != dist.num_processes:
-        raise ConfigError(f"distributed.num_processes is {dist.num_processes} but {world} processes are running")
 
     # --- data ------------------------------------------------------------------------------------
     set_seed(spec.seed)
@@ -97,11 +90,22 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     eval_set = tokenize(data.eval, tokenizer, spec.model.max_length)
     pad_id = tokenizer.pad_token_id
 
-    # --- model, strategy, optimizer ----------------------------------------------------------
+    # --- model and strategy, built before the Accelerator: once a ZeRO-3 plugin exists, transformers
+    # builds every model partitioned (zero.Init), which our fresh head cannot be initialised under.
+    # DeepSpeed partitions the finished model in prepare() instead.
     set_seed(spec.seed)  # the new head's initialisation depends on nothing that ran before
     model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
     strategy.apply(model)
+
+    # --- the Accelerator: plain, DDP or DeepSpeed ----------------------------------------------
+    _fresh_accelerator_state()
+    accelerator = Accelerator(**accelerator_kwargs(spec), log_with=trackers_for(run.path, training.tensorboard),
+                              project_dir=str(run.path))
+    check_backend(accelerator, spec)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if world != dist.num_processes:
+        raise ConfigError(f"distributed.num_processes is {dist.num_processes} but {world} processes are running")
     if accelerator.is_main_process:
         run.create(spec, overwrite=overwrite and not launched)
     else:
@@ -138,7 +142,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     eval_cache = FeatureCache(len(eval_set)) if strategy.caches_features else None
     accelerator.print(f"{spec.strategy.name}: {trainable:,} trainable of {total:,} parameters; "
                       f"{len(train_set)} train / {len(eval_set)} eval examples, {total_steps} steps, "
-                      f"{world} process(es), backend {dist.backend}")
+                      f"{world} process(es), {accelerator.distributed_type.value}")
 
     def evaluate(tag: str) -> dict:
         return evaluate_and_report(accelerator, raw_model, eval_set, data, spec, run, pad_id, eval_cache,
@@ -321,20 +325,9 @@ def _agree(accelerator, flag: bool) -> bool:
 
 
 def _resume(accelerator, checkpoint: Path, dist, world: int) -> TrainState:
-    import json
+    from tlscale.train.checkpoints import check_resumable
 
-    from tlscale.train.checkpoints import STATE_FILE
-
-    saved = json.loads((checkpoint / STATE_FILE).read_text())
-    saved_world, saved_backend = saved.get("world_size", 1), saved.get("backend", "none")
-    if saved_backend == "deepspeed" or dist.backend == "deepspeed":
-        if saved_backend != dist.backend or saved_world != world:
-            raise RunStateError(
-                f"{checkpoint}: saved by backend '{saved_backend}' on {saved_world} process(es); this run is "
-                f"'{dist.backend}' on {world}. DeepSpeed checkpoints hold per-rank partitions of the optimizer "
-                "state and resume only with the same backend and num_processes. Resume with those settings, "
-                "or start a new run from the saved model folder"
-            )
+    check_resumable(checkpoint, dist.backend, world)
     state = load_training_state(accelerator, checkpoint)
     state.world_size, state.backend = world, dist.backend
     return state
