@@ -1,6 +1,6 @@
 """Transfer quality on real data: the shipped SST-2 configs with the real MiniLM encoder.
 
-8,000 seeded SST-2 training rows, evaluated on the 872 dev sentences. Epochs: 1 for full,
+8,000 seeded SST-2 training rows, evaluated on the 872 dev sentences. Epochs: 1 for full, lora,
 partial and gradual_unfreeze; 10 for feature_extraction (epochs 2..10 reuse cached features).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def test_feature_extraction(tmp_path):
     assert len(metrics["epoch_times_s"]) == 10
 
 
-@pytest.mark.parametrize("name", ["partial", "gradual-unfreeze"])
+@pytest.mark.parametrize("name", ["partial", "gradual-unfreeze", "lora"])
 def test_at_least_feature_extraction_level(name, tmp_path):
     baseline = train_config("feature-extraction", tmp_path)["eval"]["accuracy"]
     metrics = train_config(name, tmp_path)

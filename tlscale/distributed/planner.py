@@ -126,11 +126,13 @@ def model_size(spec) -> ModelSize:
     config.classifier_pooling = "cls"
     with torch.device("meta"):
         model = PooledSequenceClassifier(config)
-    build_strategy(spec.strategy).apply(model)
+    model = build_strategy(spec.strategy).apply(model)
     trainable, total = count_parameters(model)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    groups = layer_groups(model)
-    named = dict(model.named_parameters())
+    from tlscale.strategies.base import base_model
+
+    groups = layer_groups(base_model(model))
+    named = dict(base_model(model).named_parameters())
     trainable_blocks = sum(any(named[n].requires_grad for n in block) for block in groups.blocks)
     return ModelSize(total=total, trainable=trainable, largest_layer=largest, layers=len(groups.blocks),
                      hidden=config.hidden_size, heads=getattr(config, "num_attention_heads", 1),

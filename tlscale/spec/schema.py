@@ -66,6 +66,13 @@ class StrategySpec(Section):
     )
     head_lr: float | None = Field(None, gt=0.0, description="Learning rate of the new head (default training.lr).")
     cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
+    r: PositiveInt | None = Field(None, description="lora: rank of the update matrices (default 8).")
+    alpha: float | None = Field(None, gt=0, description="lora: scaling numerator, update x alpha/r (default 2r).")
+    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="lora: dropout on the adapter input (0.05).")
+    target_modules: list[str] | None = Field(
+        None, description="lora: module names to adapt (default: attention and MLP projections of the architecture)."
+    )
+    bias: Literal["none", "all", "lora_only"] | None = Field(None, description="lora: which biases train (none).")
 
     @field_validator("name")
     @classmethod
@@ -84,6 +91,9 @@ class StrategySpec(Section):
             raise ValueError(f"trainable_layers only applies to strategy 'partial', not '{self.name}'")
         if self.name != "gradual_unfreeze" and self.unfreeze_every_steps is not None:
             raise ValueError(f"unfreeze_every_steps only applies to 'gradual_unfreeze', not '{self.name}'")
+        lora_options = [k for k in ("r", "alpha", "lora_dropout", "target_modules", "bias") if getattr(self, k) is not None]
+        if lora_options and self.name != "lora":
+            raise ValueError(f"{', '.join(lora_options)} only apply to strategy 'lora', not '{self.name}'")
         if self.name == "feature_extraction" and self.layer_lr_decay is not None:
             raise ValueError("layer_lr_decay has no effect with feature_extraction (the backbone is frozen)")
         return self
@@ -186,6 +196,9 @@ class JobSpec(Section):
                 f"training.batch_size is the global batch and must divide evenly over distributed.num_processes: "
                 f"found batch_size {training.batch_size} for {dist.num_processes} processes"
             )
+        if dist.backend == "deepspeed" and self.strategy.name == "lora":
+            raise ValueError("strategy 'lora' under DeepSpeed is not supported yet (planned with the PEFT issue); "
+                             "use backend 'ddp' or 'none'")
         if dist.backend == "deepspeed" and self.strategy.name == "gradual_unfreeze":
             raise ValueError("strategy 'gradual_unfreeze' cannot run under DeepSpeed: ZeRO builds its optimizer "
                              "partitions from the parameters trainable at start. Use backend 'ddp' or 'none'")

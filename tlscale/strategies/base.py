@@ -18,9 +18,10 @@ class Strategy:
     def __init__(self, spec: StrategySpec):
         self.spec = spec
 
-    def apply(self, model: nn.Module) -> None:
-        """Set requires_grad once, before the optimizer is built."""
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Decide what trains, once, before the optimizer is built; may wrap the model (LoRA)."""
         set_trainable(model, {name for name, _ in model.named_parameters()})
+        return model
 
     def on_step(self, model: nn.Module, step: int, epoch: int, steps_per_epoch: int) -> bool:
         """Called before every optimizer step; returns True if it changed what trains."""
@@ -34,6 +35,11 @@ def set_trainable(model: nn.Module, names: set[str]) -> None:
 
 def groups_of(model: nn.Module) -> LayerGroups:
     return layer_groups(model)
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The classifier inside a PEFT wrapper (parameter names then match layer_groups)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

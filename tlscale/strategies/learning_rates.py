@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from tlscale.models.layers import layer_groups
+from tlscale.strategies.base import base_model
 from tlscale.spec.schema import StrategySpec, TrainingSpec
 
 NO_DECAY_HINTS = ("bias", "layernorm", "layer_norm", "ln_", "norm.")
@@ -12,6 +13,7 @@ NO_DECAY_HINTS = ("bias", "layernorm", "layer_norm", "ln_", "norm.")
 def parameter_groups(model: nn.Module, training: TrainingSpec, strategy: StrategySpec) -> list[dict]:
     """One group per (layer, decay/no-decay). Frozen parameters are included too, so a strategy
     that unfreezes later (gradual_unfreeze) needs no new optimizer: AdamW skips params without grads."""
+    model = base_model(model)
     groups = layer_groups(model).bottom_to_top()
     decay = strategy.layer_lr_decay or 1.0
     head_lr = strategy.head_lr or training.lr

@@ -17,15 +17,16 @@ class FeatureExtraction(Strategy):
 
     caches_features = True
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module) -> nn.Module:
         set_trainable(model, set(groups_of(model).head) - backbone_names(model))
+        return model
 
 
 @STRATEGIES.register("partial")
 class Partial(Strategy):
     """The top k transformer blocks and the head train."""
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module) -> nn.Module:
         groups = groups_of(model)
         k = self.spec.trainable_layers
         if k > len(groups.blocks):
@@ -36,15 +37,17 @@ class Partial(Strategy):
             )
         top = [name for block in groups.blocks[len(groups.blocks) - k:] for name in block]
         set_trainable(model, set(top) | set(groups.head))
+        return model
 
 
 @STRATEGIES.register("gradual_unfreeze")
 class GradualUnfreeze(Strategy):
     """ULMFiT: head first, then one more group from the top every epoch (or every N steps)."""
 
-    def apply(self, model: nn.Module) -> None:
+    def apply(self, model: nn.Module) -> nn.Module:
         self._stage = -1
         self.on_step(model, step=0, epoch=0, steps_per_epoch=1)
+        return model
 
     def stage(self, step: int, epoch: int) -> int:
         every = self.spec.unfreeze_every_steps

@@ -2,6 +2,7 @@
 never leaves a broken 'latest'. Training state = Accelerate's save_state + trainer_state.json."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -106,15 +107,39 @@ def load_training_state(accelerator, checkpoint: Path) -> TrainState:
 
 def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml: str, final: Path) -> None:
     """A save_pretrained folder that plain transformers loads, plus our label map and spec.
-    Under ZeRO-3 every rank takes part in gathering the full weights; the main process writes."""
+    Under ZeRO-3 every rank takes part in gathering the full weights; the main process writes.
+    A LoRA model also leaves its PEFT adapter folder beside it (FINAL-adapter), and FINAL is merged."""
+    unwrapped = accelerator.unwrap_model(model)
+    if hasattr(unwrapped, "peft_config"):
+        if accelerator.is_main_process:
+            _write_dir(adapter_dir(final), lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
+            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            _write_model(merged, merged.state_dict(), tokenizer, label_names, spec_yaml, final)
+        accelerator.wait_for_everyone()
+        return
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        tmp = final.with_name(f".tmp-{final.name}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        _write_model(unwrapped, state_dict, tokenizer, label_names, spec_yaml, final)
+    accelerator.wait_for_everyone()
+
+
+def adapter_dir(final: Path) -> Path:
+    return final.with_name(f"{final.name}-adapter")
+
+
+def _write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Path) -> None:
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "labels.json", {"labels": label_names})
         (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
-        publish_dir(tmp, final)
-    accelerator.wait_for_everyone()
+
+    _write_dir(final, write)
+
+
+def _write_dir(final: Path, write) -> None:
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    publish_dir(tmp, final)

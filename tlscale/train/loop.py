@@ -96,7 +96,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     set_seed(spec.seed)  # the new head's initialisation depends on nothing that ran before
     model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
-    strategy.apply(model)
+    model = strategy.apply(model)
 
     # --- the Accelerator: plain, DDP or DeepSpeed ----------------------------------------------
     _fresh_accelerator_state()
@@ -220,7 +220,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     # --- final model, evaluation and metrics ---------------------------------------------------
     if training.keep_best and run.best_model.exists():
         accelerator.print(f"final model = best evaluated at step {state.best_step}")
-        raw_model.load_state_dict(_best_state(run.best_model), strict=True)
+        _load_best(raw_model, run.best_model)
     final_eval = evaluate("final")
     probe = fixed_batch(eval_set, pad_id)
     probe_loss = batch_loss(raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
@@ -345,7 +345,14 @@ def _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, stat
             save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.best_model)
 
 
-def _best_state(path: Path) -> dict:
+def _load_best(model, path: Path) -> None:
     from safetensors.torch import load_file
 
-    return load_file(str(path / "model.safetensors"))
+    from tlscale.train.checkpoints import adapter_dir
+
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(adapter_dir(path) / "adapter_model.safetensors")))
+    else:
+        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
