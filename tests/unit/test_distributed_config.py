@@ -79,3 +79,18 @@ def test_gradual_unfreeze_rejected_under_deepspeed(tmp_path):
                     distributed={"backend": "deepspeed", "num_processes": 2})
     with pytest.raises(ConfigError, match="gradual_unfreeze' cannot run under DeepSpeed"):
         spec_from_dict(raw)
+
+
+def test_validate_reports_deepspeed_json_conflicts(tmp_path, small_sst2):
+    from typer.testing import CliRunner
+
+    from tests.conftest import write_spec
+    from tlscale.cli import app
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"gradient_accumulation_steps": 4}))
+    raw = tiny_spec(tmp_path / "o", *small_sst2, distributed={"backend": "deepspeed", "num_processes": 2,
+                                                              "deepspeed_config": str(user)})
+    result = CliRunner().invoke(app, ["validate", str(write_spec(tmp_path / "s.yaml", raw))])
+    assert result.exit_code == 2 and "gradient_accumulation_steps" in result.output
+    assert "training.grad_accum_steps" in result.output and "Traceback" not in result.output

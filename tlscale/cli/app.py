@@ -55,6 +55,10 @@ def validate(spec: SpecArg, overrides: Overrides = None,
 
     job = _load(spec, overrides)
     resolve_model_path(job.model.name_or_path)
+    if job.distributed.backend == "deepspeed":
+        from tlscale.distributed.deepspeed_config import deepspeed_config
+
+        deepspeed_config(job)
     summary = f"{spec}: valid ({job.task}, strategy {job.strategy.name})"
     if check_data:
         data = build_classification_data(job.data, job.seed)

@@ -34,6 +34,10 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
         check_resumable(checkpoint, spec.distributed.backend, spec.distributed.num_processes)
     resolve_model_path(spec.model.name_or_path)
     build_classification_data(spec.data, spec.seed)  # bad data fails here, once, with exit code 2
+    if spec.distributed.backend == "deepspeed":
+        from tlscale.distributed.deepspeed_config import deepspeed_config
+
+        deepspeed_config(spec)  # so does a user DeepSpeed JSON that contradicts the spec
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
     code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress)
