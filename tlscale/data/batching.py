@@ -21,11 +21,16 @@ class Encoded:
 
 
 def tokenize(examples: Examples, tokenizer, max_length: int) -> Encoded:
-    out = tokenizer(examples.texts, examples.pairs, truncation=True, max_length=max_length,
-                    return_overflowing_tokens=False)
-    full = tokenizer(examples.texts, examples.pairs, truncation=False, verbose=False)["input_ids"] if len(examples) else []
-    truncated = sum(len(ids) > max_length for ids in full)
-    return Encoded(out["input_ids"], out.get("token_type_ids"), list(examples.labels), truncated)
+    """Tokenize once untruncated (to count what truncation cuts), then again only the long ones."""
+    out = dict(tokenizer(examples.texts, examples.pairs, truncation=False, verbose=False))
+    long = [i for i, ids in enumerate(out["input_ids"]) if len(ids) > max_length]
+    if long:
+        pairs = [examples.pairs[i] for i in long] if examples.pairs is not None else None
+        cut = tokenizer([examples.texts[i] for i in long], pairs, truncation=True, max_length=max_length)
+        for key in out:
+            for position, i in enumerate(long):
+                out[key][i] = cut[key][position]
+    return Encoded(out["input_ids"], out.get("token_type_ids"), list(examples.labels), len(long))
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,8 +140,3 @@ def read_parquet(path: Path) -> Table:
         raise DataError(f"{path}: cannot read as parquet: {exc}") from None
     rows = table.to_pylist()
     return Table(path, table.column_names, [Record(r, f"{path}: row {i}") for i, r in enumerate(rows)])
-
-
-def iter_values(table: Table, column: str) -> Iterator[tuple[Any, str]]:
-    for record in table.records:
-        yield record.values.get(column), record.where

@@ -91,8 +91,11 @@ def activations(size: ModelSize, micro_batch: int, seq: int, mixed_precision: bo
 def plan(size: ModelSize, n: int, micro_batch: int, seq: int, mixed_precision: bool = True,
          frozen_bits: int = 16) -> list[Estimate]:
     act = activations(size, micro_batch, seq, mixed_precision)
-    return [Estimate(option, *model_states(size, option, n, mixed_precision, frozen_bits)[:3], act,
-                     model_states(size, option, n, mixed_precision, frozen_bits)[3]) for option in OPTIONS]
+    estimates = []
+    for option in OPTIONS:
+        params, grads, optimizer, cpu = model_states(size, option, n, mixed_precision, frozen_bits)
+        estimates.append(Estimate(option, params, grads, optimizer, act, cpu))
+    return estimates
 
 
 def recommend(estimates: list[Estimate], device_bytes: float) -> Estimate | None:

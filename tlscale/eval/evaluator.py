@@ -7,21 +7,30 @@ from tlscale.data.batching import Encoded, collate, sequential_batches
 
 
 @torch.no_grad()
-def predict_probabilities(model, data: Encoded, batch_size: int, pad_id: int, device,
-                          feature_cache=None) -> torch.Tensor:
-    """Probabilities in the original example order."""
+def score_batches(model, data: Encoded, batches: list[list[int]], pad_id: int, device,
+                  feature_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(example indices, probabilities) for the given batches, on the CPU."""
     was_training = model.training
     model.eval()
-    lengths = [len(ids) for ids in data.input_ids]
-    probs = torch.empty((len(data), model.config.num_labels))
-    for indices in sequential_batches(lengths, batch_size):
-        batch = collate(data, indices, pad_id)
+    indices, probs = [], []
+    for batch_indices in batches:
+        batch = collate(data, batch_indices, pad_id)
         index = batch.pop("index")
         batch.pop("labels", None)
         batch = {k: v.to(device) for k, v in batch.items()}
         if feature_cache is not None:
             batch = feature_cache.inputs(model, batch, index)
-        logits = model(**batch).logits
-        probs[index] = torch.softmax(logits.float(), dim=-1).cpu()
+        indices.append(index)
+        probs.append(torch.softmax(model(**batch).logits.float(), dim=-1).cpu())
     model.train(was_training)
-    return probs
+    return torch.cat(indices), torch.cat(probs)
+
+
+def predict_probabilities(model, data: Encoded, batch_size: int, pad_id: int, device,
+                          feature_cache=None) -> torch.Tensor:
+    """Probabilities in the original example order (batches sorted by length: less padding)."""
+    batches = sequential_batches([len(ids) for ids in data.input_ids], batch_size)
+    index, probs = score_batches(model, data, batches, pad_id, device, feature_cache)
+    ordered = torch.empty_like(probs)
+    ordered[index] = probs
+    return ordered

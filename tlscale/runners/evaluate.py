@@ -1,12 +1,11 @@
 """`tlscale eval` and `tlscale predict`: a saved model on a spec's eval data or any file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from tlscale.data import collate, read_examples, tokenize  # noqa: F401  (collate re-exported for callers)
+from tlscale.data import read_examples, tokenize
 from tlscale.data.classification import encode_labels
 from tlscale.errors import DataError
 from tlscale.eval import classification_metrics, plot_confusion_matrix, predict_probabilities, write_predictions
@@ -72,7 +71,3 @@ def _training_data_spec(checkpoint: Path, yaml) -> dict:
     if not spec_file.is_file():
         return {}
     return (yaml.safe_load(spec_file.read_text()) or {}).get("data", {})
-
-
-def read_metrics(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -7,31 +7,18 @@ from __future__ import annotations
 
 import torch
 
-from tlscale.data.batching import collate, sequential_batches
+from tlscale.data.batching import sequential_batches
 from tlscale.eval import classification_metrics, plot_confusion_matrix, write_predictions
+from tlscale.eval.evaluator import score_batches
 
 
-@torch.no_grad()
 def gathered_probabilities(accelerator, model, data, batch_size: int, pad_id: int, cache=None) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
     batches = sequential_batches([len(ids) for ids in data.input_ids], batch_size)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = batches[rank::world]
     rounds = -(-len(batches) // world)  # every rank runs as many forwards (ZeRO-3 gathers need all ranks)
     mine += [batches[0]] * (rounds - len(mine))
-    indices, probs = [], []
-    for batch_indices in mine:
-        batch = collate(data, batch_indices, pad_id)
-        index = batch.pop("index")
-        batch.pop("labels", None)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        if cache is not None:
-            batch = cache.inputs(model, batch, index)
-        indices.append(index)
-        probs.append(torch.softmax(model(**batch).logits.float(), dim=-1).cpu())
-    model.train(was_training)
-    local_index, local_probs = torch.cat(indices), torch.cat(probs)
+    local_index, local_probs = score_batches(model, data, mine, pad_id, accelerator.device, cache)
     if world > 1:
         local_index = accelerator.gather(accelerator.pad_across_processes(local_index.to(accelerator.device),
                                                                           pad_index=-1)).cpu()

@@ -149,6 +149,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                                    write_files=(tag == "final"))
 
     # --- the loop ------------------------------------------------------------------------------
+    lengths = [len(ids) for ids in train_set.input_ids]
     progress = tqdm(total=total_steps, initial=state.step, disable=not (show_progress and accelerator.is_main_process),
                     desc="train", dynamic_ncols=True)
     interrupted = False
@@ -156,7 +157,6 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     with _Preemption() as preemption:
         while state.epoch < training.epochs and state.step < total_steps:
             epoch_seed = spec.seed * 1000 + state.epoch
-            lengths = [len(ids) for ids in train_set.input_ids]
             batches = (length_grouped_batches(lengths, training.batch_size, epoch_seed) if training.group_by_length
                        else shuffled_batches(len(train_set), training.batch_size, epoch_seed))
             batches = [b for b in batches if len(b) >= world][:batches_per_epoch]  # every rank needs an example
