@@ -35,7 +35,7 @@ def test_unknown_target_module_is_a_clear_error():
 
 def test_lora_options_belong_to_lora(tmp_path):
     raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", None, strategy={"name": "full", "r": 8})
-    with pytest.raises(ConfigError, match="r only apply to strategy 'lora'"):
+    with pytest.raises(ConfigError, match="r only apply to strategies 'lora' and 'qlora'"):
         spec_from_dict(raw)
 
 

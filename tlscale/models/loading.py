@@ -81,8 +81,9 @@ def default_pooling(path: str, config) -> str:
     return "cls"
 
 
-def build_classifier(spec: ModelSpec, label_names: list[str]):
-    """Pretrained backbone + fresh head sized to the label set."""
+def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict | None = None):
+    """Pretrained backbone + fresh head sized to the label set. load_options go to the backbone's
+    from_pretrained (a strategy's quantization config)."""
     from transformers import AutoConfig
 
     from tlscale.models.pooled_classifier import PooledSequenceClassifier, drop_unused_pooler
@@ -106,11 +107,16 @@ def build_classifier(spec: ModelSpec, label_names: list[str]):
     if getattr(config, "model_type", None) == "pooled_classifier":
         raise ConfigError("model.name_or_path: this is already a tlscale classifier; use it with eval/predict")
     if list(getattr(config, "architectures", None) or []) == ["PooledSequenceClassifier"]:
-        model = PooledSequenceClassifier.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+        model = PooledSequenceClassifier.from_pretrained(path, config=config, ignore_mismatched_sizes=True,
+                                                         **(load_options or {}))
     else:
         model = PooledSequenceClassifier(config)
-        model.backbone = drop_unused_pooler(_load_backbone(path, backbone_overrides))
+        model.backbone = drop_unused_pooler(_load_backbone(path, {**backbone_overrides, **(load_options or {})}))
     PooledSequenceClassifier.register_for_auto_class("AutoModelForSequenceClassification")
+    if load_options and "quantization_config" in load_options:
+        from tlscale.models.quantization import disable_cpu_repacking
+
+        disable_cpu_repacking(model)  # safe for eval on CPU from the first forward on
     return model
 
 

@@ -66,7 +66,7 @@ class PooledSequenceClassifier(PreTrainedModel):
                 features=None, **unused) -> SequenceClassifierOutput:
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids)
-        logits = self.classifier(self.dropout(features))
+        logits = self.classifier(self.dropout(features.to(self.classifier.weight.dtype)))  # k-bit bases: bf16 out
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels)

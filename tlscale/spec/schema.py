@@ -55,7 +55,7 @@ class DataSpec(Section):
 
 
 class StrategySpec(Section):
-    name: str = Field("full", description="feature_extraction | partial | full | gradual_unfreeze")
+    name: str = Field("full", description="feature_extraction | partial | full | gradual_unfreeze | lora | qlora")
     trainable_layers: PositiveInt | None = Field(None, description="partial: top k transformer layers that train.")
     unfreeze_every_steps: PositiveInt | None = Field(
         None, description="gradual_unfreeze: unfreeze one more layer group every N optimizer steps "
@@ -73,6 +73,12 @@ class StrategySpec(Section):
         None, description="lora: module names to adapt (default: attention and MLP projections of the architecture)."
     )
     bias: Literal["none", "all", "lora_only"] | None = Field(None, description="lora: which biases train (none).")
+    bits: Literal[4, 8] | None = Field(None, description="qlora: load the frozen base in 4-bit (default) or 8-bit.")
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="qlora 4-bit: data type (default nf4).")
+    double_quant: bool | None = Field(None, description="qlora 4-bit: quantize the quantization constants (default true).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="qlora 4-bit: dtype of the dequantized matmuls (auto: bfloat16 on a GPU with it, else float32)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -92,8 +98,14 @@ class StrategySpec(Section):
         if self.name != "gradual_unfreeze" and self.unfreeze_every_steps is not None:
             raise ValueError(f"unfreeze_every_steps only applies to 'gradual_unfreeze', not '{self.name}'")
         lora_options = [k for k in ("r", "alpha", "lora_dropout", "target_modules", "bias") if getattr(self, k) is not None]
-        if lora_options and self.name != "lora":
-            raise ValueError(f"{', '.join(lora_options)} only apply to strategy 'lora', not '{self.name}'")
+        if lora_options and self.name not in ("lora", "qlora"):
+            raise ValueError(f"{', '.join(lora_options)} only apply to strategies 'lora' and 'qlora', not '{self.name}'")
+        quant_options = [k for k in ("bits", "quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
+        if quant_options and self.name != "qlora":
+            raise ValueError(f"{', '.join(quant_options)} only apply to strategy 'qlora', not '{self.name}'")
+        four_bit_only = [k for k in ("quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
+        if self.bits == 8 and four_bit_only:
+            raise ValueError(f"{', '.join(four_bit_only)} only apply to 4-bit loading, found bits=8")
         if self.name == "feature_extraction" and self.layer_lr_decay is not None:
             raise ValueError("layer_lr_decay has no effect with feature_extraction (the backbone is frozen)")
         return self

@@ -18,6 +18,10 @@ class Strategy:
     def __init__(self, spec: StrategySpec):
         self.spec = spec
 
+    def load_options(self) -> dict:
+        """Extra from_pretrained arguments for the backbone (QLoRA's quantization config)."""
+        return {}
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Decide what trains, once, before the optimizer is built; may wrap the model (LoRA)."""
         set_trainable(model, {name for name, _ in model.named_parameters()})
@@ -47,7 +51,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     seen: dict[int, bool] = {}
     for param in model.parameters():
         seen[id(param)] = seen.get(id(param), False) or param.requires_grad
-    sizes = {id(p): getattr(p, "ds_numel", p.numel()) for p in model.parameters()}  # ZeRO-3 partitions to 0
+    from tlscale.models.quantization import unquantized_numel  # ZeRO-3 partitions to 0; 4-bit packs 2 per byte
+
+    sizes = {id(p): unquantized_numel(p) for p in model.parameters()}
     trainable = sum(sizes[i] for i, t in seen.items() if t)
     return trainable, sum(sizes.values())
 

@@ -1,5 +1,5 @@
-"""LoRA: the pretrained weights stay frozen; low-rank updates of the attention and MLP projections,
-plus the new head, train. Outputs: a PEFT adapter folder and a merged model."""
+"""LoRA and QLoRA: the pretrained weights stay frozen (QLoRA: in 4 or 8 bits); low-rank updates of the
+attention and MLP projections, plus the new head, train. Outputs: a PEFT adapter folder and a merged model."""
 from __future__ import annotations
 
 from torch import nn
@@ -36,16 +36,48 @@ class Lora(Strategy):
         spec = self.spec
         r = spec.r or 8
         targets = spec.target_modules or default_targets(model.config.model_type)
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()}
-        unknown = sorted(set(targets) - present)
+        modules = {name.rsplit(".", 1)[-1]: module for name, module in model.backbone.named_modules()}
+        unknown = sorted(set(targets) - set(modules))
         if unknown:
             raise ConfigError(f"strategy.target_modules: {unknown} are not modules of this model; "
-                              f"some that are: {sorted(present - {''})[:12]}")
+                              f"some that are: {sorted(set(modules) - {''})[:12]}")
+        # GPT-2 stores its projections transposed (Conv1D); quantized loading turns them into Linear.
+        transposed = any(type(modules[t]).__name__ == "Conv1D" for t in targets)
         config = peft.LoraConfig(r=r, lora_alpha=spec.alpha or 2 * r, lora_dropout=(
             0.05 if spec.lora_dropout is None else spec.lora_dropout), target_modules=targets,
-            bias=spec.bias or "none", modules_to_save=HEAD_MODULES,
-            fan_in_fan_out=model.config.model_type == "gpt2")  # GPT-2 stores its projections transposed (Conv1D)
+            bias=spec.bias or "none", modules_to_save=HEAD_MODULES, fan_in_fan_out=transposed)
         return peft.get_peft_model(model, config)
+
+
+@STRATEGIES.register("qlora")
+class Qlora(Lora):
+    """LoRA on a base loaded in 4-bit (NF4/FP4) or 8-bit by bitsandbytes."""
+
+    def quantization(self) -> dict:
+        from tlscale.models.quantization import compute_dtype
+
+        spec = self.spec
+        return {"bits": spec.bits or 4, "quant_type": spec.quant_type or "nf4",
+                "double_quant": True if spec.double_quant is None else spec.double_quant,
+                "dtype": compute_dtype(spec.compute_dtype or "auto")}
+
+    def load_options(self) -> dict:
+        from tlscale.models.quantization import bitsandbytes_config
+
+        return {"quantization_config": bitsandbytes_config(**self.quantization())}
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        from tlscale.models.quantization import disable_cpu_repacking, is_quantized
+
+        if not is_quantized(model):
+            raise ConfigError("strategy.name: 'qlora' found no quantized layers in the loaded model; "
+                              "build it with the strategy's load_options()")
+        disable_cpu_repacking(model)  # before any eval forward can repack the 4-bit weights
+        # fp32 norms/embeddings and input grads; checkpointing is a training option, not forced here
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().apply(model)
 
 
 def is_peft(model: nn.Module) -> bool:

@@ -113,7 +113,7 @@ def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml:
     if hasattr(unwrapped, "peft_config"):
         if accelerator.is_main_process:
             _write_dir(adapter_dir(final), lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
-            merged = copy.deepcopy(unwrapped).merge_and_unload()
+            merged = merged_copy(unwrapped)
             _write_model(merged, merged.state_dict(), tokenizer, label_names, spec_yaml, final)
         accelerator.wait_for_everyone()
         return
@@ -121,6 +121,35 @@ def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml:
     if accelerator.is_main_process:
         _write_model(unwrapped, state_dict, tokenizer, label_names, spec_yaml, final)
     accelerator.wait_for_everyone()
+
+
+def merged_copy(peft_model):
+    """The adapter folded into a copy of the base. A k-bit base is dequantized first and the adapter
+    re-applied on it, so the merged weights are the function the adapter was trained on (merging into
+    the 4-bit layers would quantize the sum again and lose most of the update)."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from tlscale.models.quantization import dequantize_linears, is_quantized
+
+    if not is_quantized(peft_model):
+        return copy.deepcopy(peft_model).merge_and_unload()
+    adapter = get_peft_model_state_dict(peft_model)
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    base = copy.deepcopy(peft_model).unload()
+    dequantize_linears(base, _compute_dtype(peft_model))
+    rebuilt = get_peft_model(base, config)
+    set_peft_model_state_dict(rebuilt, adapter)
+    return rebuilt.merge_and_unload()
+
+
+def _compute_dtype(model):
+    import torch
+
+    for module in model.modules():
+        dtype = getattr(module, "compute_dtype", None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+    return torch.float32
 
 
 def adapter_dir(final: Path) -> Path:

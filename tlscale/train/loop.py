@@ -94,8 +94,9 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     # builds every model partitioned (zero.Init), which our fresh head cannot be initialised under.
     # DeepSpeed partitions the finished model in prepare() instead.
     set_seed(spec.seed)  # the new head's initialisation depends on nothing that ran before
-    model = build_classifier(spec.model, data.label_names)
     strategy = build_strategy(spec.strategy)
+    model = build_classifier(spec.model, data.label_names, strategy.load_options())
+    memory = memory_report(model)
     model = strategy.apply(model)
 
     # --- the Accelerator: plain, DDP or DeepSpeed ----------------------------------------------
@@ -140,7 +141,9 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch)
     train_cache = FeatureCache(len(train_set), spec.strategy.cache_features) if strategy.caches_features else None
     eval_cache = FeatureCache(len(eval_set)) if strategy.caches_features else None
-    accelerator.print(f"{spec.strategy.name}: {trainable:,} trainable of {total:,} parameters; "
+    accelerator.print(f"{spec.strategy.name}: {trainable:,} trainable of {total:,} parameters "
+                      f"({100 * trainable / max(total, 1):.2f}%), weights {memory['weights_mb']:,.1f} MB"
+                      f"{' (fp32: %.1f MB)' % memory['weights_fp32_mb'] if memory['quantized'] else ''}; "
                       f"{len(train_set)} train / {len(eval_set)} eval examples, {total_steps} steps, "
                       f"{world} process(es), {accelerator.distributed_type.value}")
 
@@ -235,6 +238,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         else trainable,
         "trainable_params_at_start": trainable,
         "total_params": total,
+        "memory": memory,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
         "train_truncated": train_set.truncated,
@@ -257,6 +261,15 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     accelerator.print(f"eval accuracy {final_eval['accuracy']:.4f}  macro-F1 {final_eval['f1_macro']:.4f}  "
                       f"ECE {final_eval['ece']:.4f}  ({len(eval_set)} examples)  -> {run.path}")
     return RunResult(run.path, metrics)
+
+
+def memory_report(model) -> dict:
+    """What the loaded weights take, and what they would take in fp32 (QLoRA's saving)."""
+    from tlscale.models.quantization import footprint_bytes, footprint_unquantized_bytes, is_quantized
+
+    now, fp32 = footprint_bytes(model), footprint_unquantized_bytes(model)
+    return {"quantized": is_quantized(model), "weights_mb": round(now / 2**20, 3),
+            "weights_fp32_mb": round(fp32 / 2**20, 3), "ratio_to_fp32": round(now / fp32, 4)}
 
 
 def _fresh_accelerator_state() -> None:
