@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from tests.conftest import run_cli, tiny_spec, write_spec
 
@@ -20,11 +21,11 @@ BACKENDS = {
 }
 
 
-def spec_for(tmp_path, train_file, dev_file, name, distributed=None, **training):
+def spec_for(tmp_path, train_file, dev_file, name, distributed=None, strategy=None, model="tiny:bert", **training):
     raw = tiny_spec(tmp_path / name, train_file, dev_file,
-                    model={"dropout": 0.0, "classifier_dropout": 0.0},  # same maths on 1 or 2 ranks
+                    model={"name_or_path": model, "dropout": 0.0, "classifier_dropout": 0.0},  # same maths on 1 or 2 ranks
                     training={"epochs": 1, "max_steps": STEPS, "lr": 1e-4, "log_every_steps": 1, **training},
-                    distributed=distributed or {})
+                    strategy=strategy or {"name": "full"}, distributed=distributed or {})
     return write_spec(tmp_path / f"{name}.yaml", raw)
 
 
@@ -75,6 +76,51 @@ def test_two_processes_match_one(tmp_path, reference, name):
     assert metrics["eval"]["num_examples"] == 64  # gathered across ranks, nothing dropped or doubled
     assert metrics["eval"]["loss"] == pytest.approx(reference_metrics["eval"]["loss"], abs=2e-3)
     assert metrics["eval"]["accuracy"] == pytest.approx(reference_metrics["eval"]["accuracy"], abs=0.05)
+
+
+# The PEFT x distribution matrix that runs (qlora with ZeRO-3 is refused by validation, tested below).
+PEFT_RUNS = {
+    "lora-zero2": ("lora", "tiny:gpt2", {"backend": "deepspeed", "zero_stage": 2}),
+    "lora-zero3": ("lora", "tiny:gpt2", {"backend": "deepspeed", "zero_stage": 3}),
+    "qlora-zero2": ("qlora", "tiny:llama", {"backend": "deepspeed", "zero_stage": 2}),
+    "qlora-ddp": ("qlora", "tiny:llama", {"backend": "ddp"}),
+}
+
+
+@pytest.fixture(scope="module")
+def peft_references(tmp_path_factory, module_sst2):
+    tmp = tmp_path_factory.mktemp("peft-reference")
+    for strategy, model in {("lora", "tiny:gpt2"), ("qlora", "tiny:llama")}:
+        train_ok(spec_for(tmp, *module_sst2, strategy, strategy={"name": strategy, "r": 4, "lora_dropout": 0.0}, model=model, lr=1e-3))
+    return tmp
+
+
+@pytest.mark.parametrize("name", list(PEFT_RUNS))
+def test_lora_and_qlora_on_two_processes_match_one(tmp_path, module_sst2, peft_references, name):
+    from safetensors.torch import load_file
+
+    strategy, model, distributed = PEFT_RUNS[name]
+    train_ok(spec_for(tmp_path, *module_sst2, name, {**distributed, "num_processes": 2},
+                      strategy={"name": strategy, "r": 4, "lora_dropout": 0.0}, model=model, lr=1e-3))
+    ours, theirs = losses(tmp_path / name), losses(peft_references / strategy)
+    assert ours == pytest.approx(theirs, abs=3e-3)
+    metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert metrics["saved_model_verified"] is True  # merged model reloads with the in-memory loss
+    adapter = load_file(str(tmp_path / name / "model-adapter" / "adapter_model.safetensors"))
+    reference = load_file(str(peft_references / strategy / "model-adapter" / "adapter_model.safetensors"))
+    assert adapter.keys() == reference.keys() and all(t.numel() > 0 for t in adapter.values())
+    for key, tensor in adapter.items():  # the same trained adapter, not an empty or partial one
+        relative = ((tensor - reference[key]).norm() / reference[key].norm()).item()
+        print(f"{name} {key}: relative difference {relative:.3f}")
+        assert relative < 0.2, key
+
+
+def test_qlora_with_zero3_is_refused_by_validate(tmp_path, module_sst2):
+    path = spec_for(tmp_path, *module_sst2, "q3", {"backend": "deepspeed", "zero_stage": 3, "num_processes": 2},
+                    strategy={"name": "qlora"}, model="tiny:llama")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "strategy 'qlora' with ZeRO-3 is not supported" in result.stderr and "zero_stage 1 or 2" in result.stderr
 
 
 @pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])

@@ -106,3 +106,45 @@ def test_qlora_run_writes_adapter_and_dequantized_merge(tmp_path, small_sst2):
     batch.pop("labels")
     with torch.no_grad():
         assert torch.allclose(with_adapter(**batch).logits, merged.eval()(**batch).logits, atol=1e-4)
+
+
+def test_bitsandbytes_without_a_working_backend_fails_validation(monkeypatch):
+    import bitsandbytes.functional
+
+    from tlscale.errors import DependencyError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available")
+
+    monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
+    with pytest.raises(DependencyError, match="'qlora' needs a working bitsandbytes backend.*no kernel image"):
+        build_strategy(StrategySpec(name="qlora")).load_options()
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)
+    with pytest.raises(DependencyError, match=r"pip install 'tlscale\[qlora\]'"):
+        build_strategy(StrategySpec(name="qlora")).load_options()
+
+
+def test_export_merge_reports_the_eval_difference(tmp_path, small_sst2):
+    from tests.conftest import run_cli, write_spec
+
+    raw = tiny_spec(tmp_path / "run", *small_sst2, model={"name_or_path": "tiny:llama", "max_length": 48},
+                    strategy={"name": "qlora", "r": 4}, training={"epochs": 1, "lr": 3e-3})
+    spec = write_spec(tmp_path / "q.yaml", raw)
+    assert run_cli("train", str(spec), "--no-progress").returncode == 0
+    result = run_cli("export", str(tmp_path / "run"), "--merge", "--output", str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "predictions changed" in result.stdout
+    report = json.loads((tmp_path / "merged" / "export.json").read_text())
+    assert report["eval_merged"]["num_examples"] == 64
+    assert report["difference"]["max_abs_probability"] < 1e-4 and report["difference"]["predictions_changed"] == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    bf16 = run_cli("export", str(tmp_path / "run"), "--merge", "--output", str(tmp_path / "bf16"), "--dtype", "bfloat16")
+    assert bf16.returncode == 0, bf16.stderr[-3000:]
+    assert json.loads((tmp_path / "bf16" / "export.json").read_text())["dtype"] == "bfloat16"
+    for args, message in [((str(tmp_path / "run"), "--output", str(tmp_path / "x")), "pass --merge"),
+                          ((str(tmp_path / "run"), "--merge", "--output", str(tmp_path / "merged")), "exists"),
+                          ((str(small_sst2[0].parent), "--merge", "--output", str(tmp_path / "y")), "neither a PEFT adapter folder"),
+                          ((str(tmp_path / "run"), "--merge", "--output", str(tmp_path / "z"), "--dtype", "fp8"),
+                           "--dtype: expected one of")]:
+        bad = run_cli("export", *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -93,3 +93,13 @@ def test_frozen_parameters_do_not_move_under_adamw(model):
     optimizer.step()
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"classifier.weight", "classifier.bias"}
+
+
+def test_optimizer_groups_hold_trainable_parameters_unless_asked(model):
+    """ZeRO refuses a group with nothing trainable; gradual unfreezing needs the frozen ones too."""
+    build_strategy(StrategySpec(name="partial", trainable_layers=1)).apply(model)
+    spec = StrategySpec(name="partial", trainable_layers=1, layer_lr_decay=0.5)
+    groups = parameter_groups(model, TrainingSpec(), spec)
+    assert groups and all(g["params"] and all(p.requires_grad for p in g["params"]) for g in groups)
+    everything = parameter_groups(model, TrainingSpec(), spec, include_frozen=True)
+    assert sum(len(g["params"]) for g in everything) == len(list(model.parameters()))

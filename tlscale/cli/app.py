@@ -52,9 +52,11 @@ def validate(spec: SpecArg, overrides: Overrides = None,
     """Check a spec (and its data files) without training."""
     from tlscale.data import build_classification_data
     from tlscale.models import resolve_model_path
+    from tlscale.strategies import build_strategy
 
     job = _load(spec, overrides)
     resolve_model_path(job.model.name_or_path)
+    build_strategy(job.strategy).load_options()  # qlora: bitsandbytes present and working here
     if job.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
@@ -132,6 +134,36 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
 
     count = predict_file(checkpoint, input, output, text_column, text_pair_column, batch_size)
     out.print(f"{count} predictions -> {output}")
+
+
+@app.command()
+@user_errors
+def export(adapter: Annotated[Path, typer.Argument(help="A LoRA/QLoRA adapter folder, or the run folder holding it.",
+                                                   show_default=False)],
+           output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the merged model.")],
+           merge: Annotated[bool, typer.Option("--merge", help="Fold the adapter into the base weights.")] = False,
+           dtype: Annotated[Optional[str], typer.Option(
+               help="float32 | bfloat16 | float16 (default: the compute dtype).")] = None,
+           evaluate: Annotated[bool, typer.Option(help="Compare adapter-on-base and merged on the eval data.")] = True):
+    """Merge an adapter into its base (4-bit bases are dequantized first) and report the eval difference."""
+    from tlscale.errors import ConfigError
+    from tlscale.models.quantization import DTYPES
+    from tlscale.runners.export import export_merged
+
+    if not merge:
+        raise ConfigError("export: nothing to do; pass --merge to write a merged model")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype: expected one of {sorted(DTYPES)}, found '{dtype}'")
+    if output.exists():
+        raise ConfigError(f"--output: '{output}' exists; refusing to overwrite it")
+    report = export_merged(adapter, output, dtype, evaluate)
+    if evaluate:
+        a, m, d = report["eval_adapter"], report["eval_merged"], report["difference"]
+        out.print(f"adapter on base: accuracy {a['accuracy']:.4f} loss {a['loss']:.4f}; merged ({report['dtype']}): "
+                  f"accuracy {m['accuracy']:.4f} loss {m['loss']:.4f}; difference {d['accuracy']:+.4f} accuracy, "
+                  f"{d['loss']:+.2e} loss, max |dp| {d['max_abs_probability']:.1e}, "
+                  f"{d['predictions_changed']} of {d['num_examples']} predictions changed")
+    out.print(f"merged model -> {output}")
 
 
 def main() -> None:

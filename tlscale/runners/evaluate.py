@@ -14,22 +14,10 @@ from tlscale.train.checkpoints import write_json_atomic
 
 
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
-    from tlscale.data.classification import sample, stratified_split
     from tlscale.models import load_trained_classifier
 
     model, tokenizer, label_names = load_trained_classifier(checkpoint)
-    data_spec = spec.data
-    if data_spec.eval_file is not None:
-        examples = read_examples(data_spec.eval_file, data_spec)
-        encode_labels(examples, label_names, declared=True)
-    else:  # the same seeded split training used
-        examples = read_examples(data_spec.train_file, data_spec)
-        encode_labels(examples, label_names, declared=True)
-        _, examples = stratified_split(sample(examples, data_spec.limit, spec.seed), data_spec.eval_fraction, spec.seed)
-    examples = sample(examples, data_spec.eval_limit, spec.seed)
-    encoded = tokenize(examples, tokenizer, spec.model.max_length)
-    probs = predict_probabilities(model, encoded, spec.eval.batch_size, tokenizer.pad_token_id, torch.device("cpu"))
-    metrics = classification_metrics(probs, torch.tensor(encoded.labels), label_names, spec.eval.calibration_bins)
+    examples, encoded, probs, metrics = score_on_eval_data(model, tokenizer, label_names, spec)
     out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", {"task": spec.task, "checkpoint": str(checkpoint), "eval": metrics})
@@ -37,6 +25,30 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str |
     plot_confusion_matrix(out / "confusion_matrix.png", metrics["confusion_matrix"], label_names,
                           f"accuracy {metrics['accuracy']:.3f}")
     return {"output_dir": str(out), **metrics}
+
+
+def score_on_eval_data(model, tokenizer, label_names: list[str], spec: JobSpec):
+    """(examples, encoded, probabilities, metrics) of a model on the spec's evaluation examples."""
+    examples = eval_examples(spec, label_names)
+    encoded = tokenize(examples, tokenizer, spec.model.max_length)
+    probs = predict_probabilities(model, encoded, spec.eval.batch_size, tokenizer.pad_token_id, torch.device("cpu"))
+    metrics = classification_metrics(probs, torch.tensor(encoded.labels), label_names, spec.eval.calibration_bins)
+    return examples, encoded, probs, metrics
+
+
+def eval_examples(spec: JobSpec, label_names: list[str]):
+    """The eval file, or the same seeded held-out split that training used."""
+    from tlscale.data.classification import sample, stratified_split
+
+    data_spec = spec.data
+    if data_spec.eval_file is not None:
+        examples = read_examples(data_spec.eval_file, data_spec)
+        encode_labels(examples, label_names, declared=True)
+    else:
+        examples = read_examples(data_spec.train_file, data_spec)
+        encode_labels(examples, label_names, declared=True)
+        _, examples = stratified_split(sample(examples, data_spec.limit, spec.seed), data_spec.eval_fraction, spec.seed)
+    return sample(examples, data_spec.eval_limit, spec.seed)
 
 
 def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: str | Path,

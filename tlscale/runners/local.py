@@ -24,6 +24,7 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
     from tlscale.data import build_classification_data
     from tlscale.models import resolve_model_path
     from tlscale.runners.launch import launch_local
+    from tlscale.strategies import build_strategy
     from tlscale.train.checkpoints import check_resumable, latest_checkpoint
     from tlscale.train.run_dir import RunDir
 
@@ -33,6 +34,7 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
     if checkpoint is not None:
         check_resumable(checkpoint, spec.distributed.backend, spec.distributed.num_processes)
     resolve_model_path(spec.model.name_or_path)
+    build_strategy(spec.strategy).load_options()  # qlora: a missing or broken bitsandbytes fails here, once
     build_classification_data(spec.data, spec.seed)  # bad data fails here, once, with exit code 2
     if spec.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
@@ -48,6 +50,11 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
     if not run.metrics_file.exists():
         return None  # stopped early (--stop-after-steps or preemption); checkpoint written
     metrics = json.loads(run.metrics_file.read_text())
+    adapter = run.path / "model-adapter"
+    if adapter.is_dir() and not run.model_dir.exists():  # LoRA under ZeRO-3: the workers held only shards
+        from tlscale.runners.export import export_merged
+
+        export_merged(adapter, run.model_dir, evaluate=False)
     metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics))
     run.write_metrics(metrics)
     return RunResult(run.path, metrics)
@@ -57,12 +64,15 @@ def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
     """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
     from tlscale.data import build_classification_data, tokenize
     from tlscale.models import load_tokenizer
-    from tlscale.train.verify import fixed_batch, verify_saved_model
+    from tlscale.train.verify import fixed_batch, verify_adapter, verify_saved_model
 
     tokenizer = load_tokenizer(spec.model)
     data = build_classification_data(spec.data, spec.seed)
     batch = fixed_batch(tokenize(data.eval, tokenizer, spec.model.max_length), tokenizer.pad_token_id)
-    return verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"])
+    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"])
+    if (spec.output_dir / "model-adapter").is_dir():
+        report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")
+    return report
 
 
 class WorkerFailed(Exception):

@@ -208,9 +208,12 @@ class JobSpec(Section):
                 f"training.batch_size is the global batch and must divide evenly over distributed.num_processes: "
                 f"found batch_size {training.batch_size} for {dist.num_processes} processes"
             )
-        if dist.backend == "deepspeed" and self.strategy.name == "lora":
-            raise ValueError("strategy 'lora' under DeepSpeed is not supported yet (planned with the PEFT issue); "
-                             "use backend 'ddp' or 'none'")
+        if dist.backend == "deepspeed" and self.strategy.name == "qlora" and dist.zero_stage == 3:
+            raise ValueError("strategy 'qlora' with ZeRO-3 is not supported: ZeRO-3 partitions every parameter, and "
+                             "the packed 4/8-bit bitsandbytes weights with their quantization state cannot be "
+                             "partitioned and gathered by it (the first gather hangs). Use zero_stage 1 or 2 (the "
+                             "frozen k-bit base is replicated, the adapter's gradients and optimizer state are "
+                             "partitioned), or strategy 'lora' with zero_stage 3")
         if dist.backend == "deepspeed" and self.strategy.name == "gradual_unfreeze":
             raise ValueError("strategy 'gradual_unfreeze' cannot run under DeepSpeed: ZeRO builds its optimizer "
                              "partitions from the parameters trainable at start. Use backend 'ddp' or 'none'")

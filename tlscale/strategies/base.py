@@ -14,6 +14,7 @@ class Strategy:
     """Default behaviour: everything trains, nothing changes during training."""
 
     caches_features = False  # True: the backbone is frozen and its pooled output may be cached
+    unfreezes_later = False  # True: parameters frozen at start train later (the optimizer must hold them)
 
     def __init__(self, spec: StrategySpec):
         self.spec = spec

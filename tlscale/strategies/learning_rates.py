@@ -10,17 +10,20 @@ from tlscale.spec.schema import StrategySpec, TrainingSpec
 NO_DECAY_HINTS = ("bias", "layernorm", "layer_norm", "ln_", "norm.")
 
 
-def parameter_groups(model: nn.Module, training: TrainingSpec, strategy: StrategySpec) -> list[dict]:
-    """One group per (layer, decay/no-decay). Frozen parameters are included too, so a strategy
-    that unfreezes later (gradual_unfreeze) needs no new optimizer: AdamW skips params without grads."""
+def parameter_groups(model: nn.Module, training: TrainingSpec, strategy: StrategySpec,
+                     include_frozen: bool = False) -> list[dict]:
+    """One group per (layer, decay/no-decay) holding trainable parameters. A strategy that unfreezes
+    later (gradual_unfreeze) asks for the frozen ones too, so it needs no new optimizer: AdamW skips
+    parameters without grads. (ZeRO refuses groups with nothing trainable, hence the default.)"""
     model = base_model(model)
     groups = layer_groups(model).bottom_to_top()
     decay = strategy.layer_lr_decay or 1.0
     head_lr = strategy.head_lr or training.lr
-    params = dict(model.named_parameters())
+    params = {n: p for n, p in model.named_parameters() if include_frozen or p.requires_grad}
     result = []
     for depth_from_top, names in enumerate(reversed(groups)):
         lr = head_lr if depth_from_top == 0 else training.lr * decay ** (depth_from_top - 1)
+        names = [n for n in names if n in params]
         for wd, chosen in ((training.weight_decay, [n for n in names if not _no_decay(n)]),
                            (0.0, [n for n in names if _no_decay(n)])):
             if chosen:

@@ -44,6 +44,8 @@ class Partial(Strategy):
 class GradualUnfreeze(Strategy):
     """ULMFiT: head first, then one more group from the top every epoch (or every N steps)."""
 
+    unfreezes_later = True
+
     def apply(self, model: nn.Module) -> nn.Module:
         self._stage = -1
         self.on_step(model, step=0, epoch=0, steps_per_epoch=1)

@@ -108,19 +108,39 @@ def load_training_state(accelerator, checkpoint: Path) -> TrainState:
 def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml: str, final: Path) -> None:
     """A save_pretrained folder that plain transformers loads, plus our label map and spec.
     Under ZeRO-3 every rank takes part in gathering the full weights; the main process writes.
-    A LoRA model also leaves its PEFT adapter folder beside it (FINAL-adapter), and FINAL is merged."""
+    A LoRA model also leaves its PEFT adapter folder beside it (FINAL-adapter), and FINAL is merged.
+    Under ZeRO-3 the merge needs the whole base, so the launching process does it from the adapter."""
     unwrapped = accelerator.unwrap_model(model)
+    zero3 = _zero_stage(accelerator) == 3
+    state_dict = accelerator.get_state_dict(model) if zero3 or not hasattr(unwrapped, "peft_config") else None
     if hasattr(unwrapped, "peft_config"):
         if accelerator.is_main_process:
-            _write_dir(adapter_dir(final), lambda tmp: unwrapped.save_pretrained(tmp, safe_serialization=True))
-            merged = merged_copy(unwrapped)
-            _write_model(merged, merged.state_dict(), tokenizer, label_names, spec_yaml, final)
+            save_adapter(unwrapped, tokenizer, label_names, spec_yaml, adapter_dir(final), state_dict)
+            if not zero3:
+                merged = merged_copy(unwrapped)
+                write_model(merged, merged.state_dict(), tokenizer, label_names, spec_yaml, final)
         accelerator.wait_for_everyone()
         return
-    state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        _write_model(unwrapped, state_dict, tokenizer, label_names, spec_yaml, final)
+        write_model(unwrapped, state_dict, tokenizer, label_names, spec_yaml, final)
     accelerator.wait_for_everyone()
+
+
+def save_adapter(peft_model, tokenizer, label_names, spec_yaml: str, path: Path, state_dict=None) -> None:
+    """A PEFT adapter folder that is self-contained for tlscale (tokenizer, labels, spec beside it).
+    state_dict: the gathered full weights under ZeRO-3, where the live parameters are empty shards."""
+    def write(tmp: Path) -> None:
+        peft_model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "labels.json", {"labels": label_names})
+        (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
+
+    _write_dir(path, write)
+
+
+def _zero_stage(accelerator) -> int | None:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return None if plugin is None else plugin.zero_stage
 
 
 def merged_copy(peft_model):
@@ -156,7 +176,7 @@ def adapter_dir(final: Path) -> Path:
     return final.with_name(f"{final.name}-adapter")
 
 
-def _write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Path) -> None:
+def write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Path) -> None:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -71,7 +71,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     from tlscale.strategies.feature_cache import FeatureCache
     from tlscale.train.evaluation import evaluate_and_report
     from tlscale.train.tracking import trackers_for
-    from tlscale.train.verify import batch_loss, fixed_batch, verify_saved_model
+    from tlscale.train.verify import batch_loss, fixed_batch, verify_adapter, verify_saved_model
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars drown our own progress bar
     training, dist = spec.training, spec.distributed
@@ -112,7 +112,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     else:
         run.remember(spec)
     trainable, total = count_parameters(model)
-    optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy), lr=training.lr,
+    optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy, strategy.unfreezes_later),
+                                  lr=training.lr,
                                   fused=dist.backend != "deepspeed")  # one kernel per step (Trainer's default too)
     full, tail = divmod(len(train_set), training.batch_size)
     batches_per_epoch = _usable_batches(full + (tail >= world), dist, training)
@@ -229,6 +230,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     probe_loss = batch_loss(raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
     save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.model_dir)
     verified = verify_saved_model(run.model_dir, probe, probe_loss) if world == 1 else None
+    if verified is not None and (run.path / "model-adapter").is_dir():
+        verified["adapter"] = verify_adapter(run.path / "model-adapter")
     metrics = {
         "task": spec.task,
         "strategy": spec.strategy.name,

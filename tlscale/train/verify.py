@@ -61,3 +61,22 @@ def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float, toler
     if problems:
         raise RunStateError([f"{model_dir}: saved model failed verification: {p}" for p in problems])
     return {"tensors": len(tensors), "fixed_batch_loss": expected_loss, "reloaded_loss": reloaded_loss}
+
+
+def verify_adapter(adapter_dir: Path) -> dict:
+    """A PEFT adapter folder holds non-empty LoRA A/B matrices (the classic ZeRO-3 failure: saved empty)."""
+    from safetensors import safe_open
+
+    file = Path(adapter_dir) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise RunStateError(f"{adapter_dir}: adapter failed verification: no adapter_model.safetensors")
+    with safe_open(str(file), "pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    empty = sorted(key for key, shape in shapes.items() if math.prod(shape) == 0)
+    pairs = sum("lora_A" in key for key in shapes), sum("lora_B" in key for key in shapes)
+    problems = [f"{len(empty)} empty tensors, e.g. {empty[:3]}"] if empty else []
+    if pairs[0] == 0 or pairs[0] != pairs[1]:
+        problems.append(f"expected matching lora_A/lora_B tensors, found {pairs[0]} A and {pairs[1]} B")
+    if problems:
+        raise RunStateError([f"{adapter_dir}: adapter failed verification: {p}" for p in problems])
+    return {"tensors": len(shapes), "lora_pairs": pairs[0]}
