@@ -65,8 +65,10 @@ def test_frozen_parameters_cost_only_their_weights():
     params, grads, optimizer, _ = model_states(size, BY_NAME["DDP"], 1)
     assert params == pytest.approx(2 * size.total) and grads == pytest.approx(2 * size.trainable)
     assert activations(size, 16, 128) == 0
-    params4, *_ = model_states(size, BY_NAME["DDP"], 1, frozen_bits=4)
-    assert params4 == pytest.approx(2 * size.trainable + 0.5 * (size.total - size.trainable))
+    params4, *_ = model_states(size, BY_NAME["DDP"], 1, frozen_bits=4)  # only frozen Linear weights quantize
+    frozen = size.total - size.trainable
+    assert 0 < size.frozen_linear < frozen
+    assert params4 == pytest.approx(2 * size.trainable + 0.5 * size.frozen_linear + 2 * (frozen - size.frozen_linear))
 
 
 def test_recommends_the_cheapest_that_fits(minilm):
@@ -90,3 +92,26 @@ def test_plan_command():
     assert result.exit_code == 0 and "Nothing fits" in result.output
     result = CliRunner().invoke(app, ["plan", str(ROOT / "configs" / "sst2-minilm-full.yaml"), "--gpu-memory", "lots"])
     assert result.exit_code == 2 and "--gpu-memory" in result.output
+
+
+def test_qlora_estimate_matches_the_loaded_4bit_model(tmp_path):
+    """The planner's weight bytes for a 4-bit base + adapters agree with what bitsandbytes really holds."""
+    pytest.importorskip("bitsandbytes")
+    from tests.conftest import tiny_spec
+    from tlscale.distributed.planner import frozen_weight_bits
+    from tlscale.models import build_classifier
+    from tlscale.models.quantization import footprint_bytes
+    from tlscale.spec import spec_from_dict
+    from tlscale.strategies import build_strategy, count_parameters
+
+    spec = spec_from_dict(tiny_spec(tmp_path / "o", tmp_path / "t.tsv", model={"name_or_path": "tiny:llama"},
+                                    strategy={"name": "qlora", "r": 4}))
+    size = model_size(spec)
+    strategy = build_strategy(spec.strategy)
+    model = strategy.apply(build_classifier(spec.model, ["negative", "positive"], strategy.load_options()))
+    assert (size.trainable, size.total) == count_parameters(model)
+    bits = frozen_weight_bits(spec.strategy)
+    weights = model_states(size, BY_NAME["DDP"], 1, mixed_precision=False, frozen_bits=bits)[0]
+    assert weights == pytest.approx(footprint_bytes(model), rel=0.02)
+    names = [e.option.name for e in plan(size, 2, 8, 48, frozen_bits=bits)]
+    assert "ZeRO-2" in names and not any("ZeRO-3" in name for name in names)  # QLoRA + ZeRO-3 is refused

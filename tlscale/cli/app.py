@@ -178,7 +178,7 @@ def plan(spec: SpecArg, overrides: Overrides = None,
     """Estimate per-device memory for each ZeRO stage / offload choice and recommend one."""
     from rich.table import Table
 
-    from tlscale.distributed.planner import GIB, model_size, parse_bytes, recommend
+    from tlscale.distributed.planner import GIB, frozen_weight_bits, model_size, parse_bytes, recommend
     from tlscale.distributed.planner import plan as make_plan
 
     job = _load(spec, overrides)
@@ -186,9 +186,11 @@ def plan(spec: SpecArg, overrides: Overrides = None,
     n = gpus or job.distributed.num_processes
     size = model_size(job)
     micro = max(1, job.training.batch_size // n)
-    estimates = make_plan(size, n, micro, job.model.max_length, job.training.mixed_precision != "no")
+    bits = frozen_weight_bits(job.strategy)
+    estimates = make_plan(size, n, micro, job.model.max_length, job.training.mixed_precision != "no", bits)
+    base = f", frozen Linear weights at {bits:.2f} bits" if bits < 16 else ""
     table = Table(title=f"{job.model.name_or_path}: {size.total / 1e6:,.1f}M parameters "
-                        f"({size.trainable / 1e6:,.2f}M trainable, strategy {job.strategy.name}), {n} device(s), "
+                        f"({size.trainable / 1e6:,.2f}M trainable, strategy {job.strategy.name}{base}), {n} device(s), "
                         f"micro-batch {micro} x {job.model.max_length} tokens", title_justify="left")
     for column in ("option (GiB per device)", "params", "grads", "optim", "activ", "total", "host/proc", "fits"):
         table.add_column(column, justify="left" if column.startswith("option") else "right", no_wrap=True)

@@ -3,7 +3,9 @@
 Model states follow the ZeRO paper (Rajbhandari et al. 2020) for mixed-precision Adam: 2 bytes of
 16-bit weights, 2 of gradients and 12 of fp32 master weights + Adam moments per trainable parameter
 (stage 1 = 4P + 12P/N, stage 2 = 2P + 14P/N, stage 3 = 16P/N), with frozen parameters holding only
-their weights (at 16, 8 or 4 bits). Full fp32 training uses 4 + 4 + 8 bytes. Activations follow
+their weights: 16 bits, or for QLoRA the frozen Linear weights at 4 bits plus quantization constants
+(4.13 bits with double quantization, 4.5 without; 8-bit: 8.25) and the rest at 16.
+Full fp32 training uses 4 + 4 + 8 bytes. Activations follow
 Korthikanti et al. 2022 (no recomputation): per layer s*b*h*34 + 5*a*s^2*b bytes at 16 bits.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ class ModelSize:
     hidden: int
     heads: int
     trainable_layers: int
+    frozen_linear: int = 0  # frozen weights inside Linear layers: what QLoRA quantizes (embeddings stay 16-bit)
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,15 @@ class Estimate:
 
 
 def model_states(size: ModelSize, option: Option, n: int, mixed_precision: bool = True,
-                 frozen_bits: int = 16) -> tuple[float, float, float, float]:
+                 frozen_bits: float = 16) -> tuple[float, float, float, float]:
     """(params, grads, optimizer, cpu) bytes per device."""
     t, frozen = size.trainable, size.total - size.trainable
     w = 2 if mixed_precision else 4  # bytes per trainable weight and gradient on the device
     k = 12 if mixed_precision else 8  # optimizer bytes per trainable parameter
-    frozen_bytes = frozen * (frozen_bits / 8 if mixed_precision or frozen_bits < 16 else 4)
+    if frozen_bits < 16:  # quantized Linear weights; embeddings and norms stay unquantized
+        frozen_bytes = size.frozen_linear * frozen_bits / 8 + (frozen - size.frozen_linear) * w
+    else:
+        frozen_bytes = frozen * w
     weights = w * t + frozen_bytes
     stage, cpu = option.zero_stage, 0.0
     params = weights / n if stage == 3 else weights
@@ -89,10 +95,13 @@ def activations(size: ModelSize, micro_batch: int, seq: int, mixed_precision: bo
 
 
 def plan(size: ModelSize, n: int, micro_batch: int, seq: int, mixed_precision: bool = True,
-         frozen_bits: int = 16) -> list[Estimate]:
+         frozen_bits: float = 16) -> list[Estimate]:
+    """One estimate per option; a quantized base has no ZeRO-3 options (tlscale refuses QLoRA + ZeRO-3)."""
     act = activations(size, micro_batch, seq, mixed_precision)
     estimates = []
     for option in OPTIONS:
+        if frozen_bits < 16 and option.zero_stage == 3:
+            continue
         params, grads, optimizer, cpu = model_states(size, option, n, mixed_precision, frozen_bits)
         estimates.append(Estimate(option, params, grads, optimizer, act, cpu))
     return estimates
@@ -129,7 +138,12 @@ def model_size(spec) -> ModelSize:
     config.classifier_pooling = "cls"
     with torch.device("meta"):
         model = PooledSequenceClassifier(config)
-    model = build_strategy(spec.strategy).apply(model)
+    strategy = build_strategy(spec.strategy)
+    if spec.strategy.name == "qlora":  # the same adapters on an unquantized (meta) skeleton
+        from tlscale.strategies.lora import Lora
+
+        strategy = Lora(spec.strategy)
+    model = strategy.apply(model)
     trainable, total = count_parameters(model)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     from tlscale.strategies.base import base_model
@@ -137,6 +151,18 @@ def model_size(spec) -> ModelSize:
     groups = layer_groups(base_model(model))
     named = dict(base_model(model).named_parameters())
     trainable_blocks = sum(any(named[n].requires_grad for n in block) for block in groups.blocks)
+    frozen_linear = sum(m.weight.numel() for m in base_model(model).backbone.modules()
+                        if type(m).__name__ in ("Linear", "Conv1D") and not m.weight.requires_grad)
     return ModelSize(total=total, trainable=trainable, largest_layer=largest, layers=len(groups.blocks),
                      hidden=config.hidden_size, heads=getattr(config, "num_attention_heads", 1),
-                     trainable_layers=trainable_blocks)
+                     trainable_layers=trainable_blocks, frozen_linear=frozen_linear)
+
+
+def frozen_weight_bits(strategy) -> float:
+    """Bits per frozen Linear weight on the device, quantization constants included."""
+    if strategy.name != "qlora":
+        return 16
+    if strategy.bits == 8:
+        return 8.25  # int8 + one fp32 scale per row (rows of ~128+ weights)
+    double_quant = True if strategy.double_quant is None else strategy.double_quant
+    return 4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)  # absmax per 64 weights
