@@ -84,6 +84,9 @@ PEFT_RUNS = {
     "lora-zero3": ("lora", "tiny:gpt2", {"backend": "deepspeed", "zero_stage": 3}),
     "qlora-zero2": ("qlora", "tiny:llama", {"backend": "deepspeed", "zero_stage": 2}),
     "qlora-ddp": ("qlora", "tiny:llama", {"backend": "ddp"}),
+    "qlora-zero2-offload": ("qlora", "tiny:llama", {"backend": "deepspeed", "zero_stage": 2, "offload_optimizer": "cpu"}),
+    "lora-zero3-offload": ("lora", "tiny:gpt2", {"backend": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu",
+                                                 "offload_params": "cpu"}),
 }
 
 
