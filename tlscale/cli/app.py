@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -99,7 +100,7 @@ def train(spec: SpecArg, overrides: Overrides = None,
     try:
         result = run_training(job, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
                               show_progress=progress)
-    except WorkerFailed as exc:
+    except WorkerFailed as exc:  # includes a failed Ray run
         err.print(f"[bold red]error:[/] {exc}", markup=True)
         raise typer.Exit(1) from None
     if result is not None and not result.interrupted:
@@ -164,6 +165,96 @@ def export(adapter: Annotated[Path, typer.Argument(help="A LoRA/QLoRA adapter fo
                   f"{d['loss']:+.2e} loss, max |dp| {d['max_abs_probability']:.1e}, "
                   f"{d['predictions_changed']} of {d['num_examples']} predictions changed")
     out.print(f"merged model -> {output}")
+
+
+AddressOption = Annotated[Optional[str], typer.Option(
+    "--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
+    "http://127.0.0.1:8265).")]
+
+
+@app.command()
+@user_errors
+def submit(spec: SpecArg, overrides: Overrides = None, address: AddressOption = None,
+           working_dir: Annotated[Optional[Path], typer.Option(help="Upload this folder as the job's working "
+                                                                    "directory.")] = None,
+           wait: Annotated[bool, typer.Option(help="Wait for the job to end; exit 1 if it failed.")] = False):
+    """Submit SPEC as a Ray job (runner: ray) to a cluster's job server."""
+    from tlscale.runners import ray_jobs
+
+    job = _load(spec, overrides)
+    job_id = ray_jobs.submit(job, address, working_dir)
+    out.print(f"submitted {job_id}\n  tlscale jobs status {job_id}\n  tlscale jobs logs {job_id} --follow")
+    if wait:
+        client = ray_jobs.job_client(address)
+        status = ray_jobs.wait(client, job_id)
+        out.print(f"{job_id}: {status}")
+        if status != "SUCCEEDED":
+            err.print(ray_jobs.failure_excerpt(client.get_job_logs(job_id)))
+            raise typer.Exit(1)
+
+
+jobs = typer.Typer(help="List, inspect, follow and stop Ray jobs.", no_args_is_help=True)
+app.add_typer(jobs, name="jobs")
+JobArg = Annotated[str, typer.Argument(help="Submission id (from `tlscale submit` or `tlscale jobs list`).",
+                                       show_default=False)]
+
+
+@jobs.command("list")
+@user_errors
+def jobs_list(address: AddressOption = None):
+    """Jobs on the cluster, newest first."""
+    from rich.table import Table
+
+    from tlscale.runners import ray_jobs
+
+    table = Table("job", "status", "started", "entrypoint", title_justify="left")
+    rows = sorted(ray_jobs.job_client(address).list_jobs(), key=lambda j: j.start_time or 0, reverse=True)
+    for job in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else ""
+        table.add_row(job.submission_id or job.job_id or "", str(job.status.value), started, job.entrypoint)
+    Console(width=max(out.width, 120), highlight=False).print(table)
+
+
+@jobs.command("status")
+@user_errors
+def jobs_status(job_id: JobArg, address: AddressOption = None):
+    """Status of a job; for a failed one, its error and the end of its log."""
+    from tlscale.runners import ray_jobs
+
+    client = ray_jobs.job_client(address)
+    info = ray_jobs.job_info(client, job_id)
+    status = str(info.status.value)
+    out.print(f"{job_id}: {status}" + (f" ({info.message})" if info.message else ""))
+    if status == "FAILED":
+        out.print(ray_jobs.failure_excerpt(client.get_job_logs(job_id)))
+        raise typer.Exit(1)
+
+
+@jobs.command("logs")
+@user_errors
+def jobs_logs(job_id: JobArg, address: AddressOption = None,
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
+    """A job's driver log (what its entrypoint printed)."""
+    from tlscale.runners import ray_jobs
+
+    client = ray_jobs.job_client(address)
+    ray_jobs.job_info(client, job_id)
+    if follow:
+        ray_jobs.follow_logs(client, job_id, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    else:
+        sys.stdout.write(client.get_job_logs(job_id))
+
+
+@jobs.command("stop")
+@user_errors
+def jobs_stop(job_id: JobArg, address: AddressOption = None):
+    """Ask a job to stop (its workers get SIGTERM, then are killed)."""
+    from tlscale.runners import ray_jobs
+
+    client = ray_jobs.job_client(address)
+    ray_jobs.job_info(client, job_id)
+    stopped = client.stop_job(job_id)
+    out.print(f"{job_id}: {'stop requested' if stopped else 'already ended'}")
 
 
 def main() -> None:

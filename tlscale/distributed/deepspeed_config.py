@@ -26,7 +26,7 @@ def derived_config(spec: JobSpec) -> dict:
     if dist.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # save_pretrained gets full weights
     return {
-        "train_micro_batch_size_per_gpu": training.batch_size // dist.num_processes,
+        "train_micro_batch_size_per_gpu": training.batch_size // spec.world_size,
         "gradient_accumulation_steps": training.grad_accum_steps,
         "train_batch_size": training.batch_size * training.grad_accum_steps,
         "gradient_clipping": training.max_grad_norm or 0.0,
@@ -39,7 +39,7 @@ def derived_config(spec: JobSpec) -> dict:
 
 
 SPEC_FIELD = {
-    "train_micro_batch_size_per_gpu": "training.batch_size / distributed.num_processes",
+    "train_micro_batch_size_per_gpu": "training.batch_size / the number of processes",
     "gradient_accumulation_steps": "training.grad_accum_steps",
     "train_batch_size": "training.batch_size x training.grad_accum_steps",
     "gradient_clipping": "training.max_grad_norm",

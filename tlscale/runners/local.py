@@ -11,6 +11,11 @@ from tlscale.train import RunResult
 
 def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
                  show_progress: bool) -> RunResult | None:
+    if spec.runner == "ray":
+        from tlscale.runners.ray_runner import run_on_ray
+
+        return run_on_ray(spec, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
+                          show_progress=show_progress)
     if spec.distributed.backend == "none":  # DDP and DeepSpeed always get a process group, even of one
         from tlscale.train import train
 
@@ -21,9 +26,21 @@ def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps:
 
 def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
             show_progress: bool) -> RunResult | None:
+    from tlscale.runners.launch import launch_local
+
+    run = prepare_launch(spec, resume, overwrite)
+    code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress)
+    if code == 2:
+        raise RunStateError("a worker rejected its input (message above)")
+    if code != 0:
+        raise WorkerFailed(code)
+    return finish_launched_run(spec, run)
+
+
+def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
+    """Everything that can be checked before starting workers, so bad input fails once, with exit code 2."""
     from tlscale.data import build_classification_data
     from tlscale.models import resolve_model_path
-    from tlscale.runners.launch import launch_local
     from tlscale.strategies import build_strategy
     from tlscale.train.checkpoints import check_resumable, latest_checkpoint
     from tlscale.train.run_dir import RunDir
@@ -32,21 +49,21 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
     run.check(resume=resume, overwrite=overwrite)
     checkpoint = latest_checkpoint(run.path) if resume else None
     if checkpoint is not None:
-        check_resumable(checkpoint, spec.distributed.backend, spec.distributed.num_processes)
+        check_resumable(checkpoint, spec.distributed.backend, spec.world_size)
     resolve_model_path(spec.model.name_or_path)
     build_strategy(spec.strategy).load_options()  # qlora: a missing or broken bitsandbytes fails here, once
-    build_classification_data(spec.data, spec.seed)  # bad data fails here, once, with exit code 2
+    build_classification_data(spec.data, spec.seed)
     if spec.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
         deepspeed_config(spec)  # so does a user DeepSpeed JSON that contradicts the spec
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
-    code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress)
-    if code == 2:
-        raise RunStateError("a worker rejected its input (message above)")
-    if code != 0:
-        raise WorkerFailed(code)
+    return run
+
+
+def finish_launched_run(spec: JobSpec, run) -> RunResult | None:
+    """After the workers: merge a ZeRO-3 adapter, verify the saved model from this process."""
     if not run.metrics_file.exists():
         return None  # stopped early (--stop-after-steps or preemption); checkpoint written
     metrics = json.loads(run.metrics_file.read_text())

@@ -174,13 +174,35 @@ class DistributedSpec(Section):
 
 
 class ResourcesSpec(Section):
-    """Filled by the Ray issue; placeholder so specs can already carry the section."""
+    """Where a run with `runner: ray` executes: Ray Train's ScalingConfig, RunConfig and FailureConfig."""
 
-    num_workers: Literal[1] = 1
+    num_workers: PositiveInt = Field(1, description="Training workers (one process each; the world size).")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, gt=0, description="Needs use_gpu (default 1 when use_gpu).")
+    custom_resources: dict[str, float] = Field(default_factory=dict,
+                                               description="Extra Ray resources each worker needs, e.g. {a100: 1}.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers spread over nodes (Ray placement group strategy).")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts after a failure (-1: unlimited); each "
+                              "restart resumes from the latest reported checkpoint.")
+    storage_path: Path | None = Field(None, description="Where Ray persists reported checkpoints; must be visible "
+                                      "to every node (default: OUTPUT_DIR/ray).")
+    address: str | None = Field(None, description="Ray cluster to join (e.g. 10.0.0.1:6379); default: RAY_ADDRESS, "
+                                "a cluster started on this machine, or a new local one.")
+
+    @model_validator(mode="after")
+    def _gpu_coherent(self) -> ResourcesSpec:
+        if self.gpus_per_worker is not None and not self.use_gpu:
+            raise ValueError("gpus_per_worker needs use_gpu: true")
+        return self
 
 
 class JobSpec(Section):
     task: str = Field("text_classification", description="text_classification")
+    runner: Literal["local", "ray"] = Field(
+        "local", description="local: this process, or distributed.num_processes local processes. "
+        "ray: resources.num_workers Ray Train workers on a Ray cluster.")
     seed: int = 42
     output_dir: Path
     model: ModelSpec
@@ -200,13 +222,33 @@ class JobSpec(Section):
             raise ValueError(TASKS.unknown(task))
         return task
 
+    @property
+    def world_size(self) -> int:
+        return self.resources.num_workers if self.runner == "ray" else self.distributed.num_processes
+
+    @model_validator(mode="after")
+    def _runner_coherent(self) -> JobSpec:
+        workers, dist = self.resources.num_workers, self.distributed
+        if self.runner == "local" and self.resources != ResourcesSpec():
+            changed = sorted(k for k in ResourcesSpec.model_fields if getattr(self.resources, k) !=
+                             getattr(ResourcesSpec(), k))
+            raise ValueError(f"resources ({', '.join(changed)}) only apply to runner 'ray'; set runner: ray")
+        if self.runner == "ray":
+            if dist.num_processes not in (1, workers):
+                raise ValueError(f"with runner 'ray' the world size is resources.num_workers ({workers}); "
+                                 f"distributed.num_processes must be left at 1 or equal it, found {dist.num_processes}")
+            if workers > 1 and dist.backend == "none":
+                raise ValueError(f"resources.num_workers={workers} needs distributed.backend 'ddp' or 'deepspeed', "
+                                 "found 'none'")
+        return self
+
     @model_validator(mode="after")
     def _fits_distribution(self) -> JobSpec:
         dist, training = self.distributed, self.training
-        if training.batch_size % dist.num_processes:
+        if training.batch_size % self.world_size:
             raise ValueError(
-                f"training.batch_size is the global batch and must divide evenly over distributed.num_processes: "
-                f"found batch_size {training.batch_size} for {dist.num_processes} processes"
+                f"training.batch_size is the global batch and must divide evenly over the {self.world_size} "
+                f"processes: found batch_size {training.batch_size}"
             )
         if dist.backend == "deepspeed" and self.strategy.name == "qlora" and dist.zero_stage == 3:
             raise ValueError("strategy 'qlora' with ZeRO-3 is not supported: ZeRO-3 partitions every parameter, and "

@@ -55,8 +55,25 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+class Reporter:
+    """Where progress goes besides the run's own files: nowhere for local runs; the Ray runner
+    reports metrics and checkpoints to Ray Train. Every rank calls every method at the same step."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def checkpoint(self, path: Path, step: int) -> None:
+        pass
+
+    def describe(self) -> dict:
+        """Extra entries for metrics.json (e.g. where the workers ran)."""
+        return {}
+
+
 def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None,
-          show_progress: bool = True, launched: bool = False) -> RunResult:
+          show_progress: bool = True, launched: bool = False, resume_from: Path | None = None,
+          reporter: Reporter | None = None) -> RunResult:
+    """resume_from: a checkpoint folder to continue from (Ray hands back the latest reported one)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -75,6 +92,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
 
     hf_logging.disable_progress_bar()  # per-shard load/save bars drown our own progress bar
     training, dist = spec.training, spec.distributed
+    reporter = reporter or Reporter()
     if training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU, none found; use 'bf16' or 'no' on CPU")
 
@@ -105,8 +123,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                               project_dir=str(run.path))
     check_backend(accelerator, spec)
     rank, world = accelerator.process_index, accelerator.num_processes
-    if world != dist.num_processes:
-        raise ConfigError(f"distributed.num_processes is {dist.num_processes} but {world} processes are running")
+    if world != spec.world_size:
+        raise ConfigError(f"the spec asks for {spec.world_size} process(es) but {world} are running")
     if accelerator.is_main_process:
         run.create(spec, overwrite=overwrite and not launched)
     else:
@@ -132,7 +150,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                                                      "batch_size": training.batch_size, "seed": spec.seed,
                                                      "world_size": world})
     state = TrainState(world_size=world, backend=dist.backend)
-    checkpoint = latest_checkpoint(run.path) if resume else None
+    checkpoint = resume_from or (latest_checkpoint(run.path) if resume else None)
     if checkpoint is not None:
         state = _resume(accelerator, checkpoint, dist, world)
         accelerator.print(f"resumed from {checkpoint} (step {state.step})")
@@ -188,8 +206,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                     accelerator.log({"trainable_params": count_parameters(raw_model)[0]}, step=state.step)
                 if state.step % training.log_every_steps == 0:
                     loss = _mean_over_processes(accelerator, running_loss, running_count)
-                    accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                                     "epoch": state.epoch + position / len(batches)}, step=state.step)
+                    logged = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
+                              "epoch": state.epoch + position / len(batches)}
+                    accelerator.log(logged, step=state.step)
+                    reporter.log(logged, state.step)
                     progress.set_postfix(loss=f"{loss:.4f}")
                     running_loss, running_count = 0.0, 0
                 if training.eval_every_steps and state.step % training.eval_every_steps == 0:
@@ -201,7 +221,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                 if stop_now or (training.save_every_steps and state.step % training.save_every_steps == 0):
                     save_start = time.perf_counter()
                     state.train_time_s = time_before + save_start - epoch_start - excluded
-                    save_training_state(accelerator, run.path, state, training.keep_checkpoints)
+                    saved = save_training_state(accelerator, run.path, state, training.keep_checkpoints)
+                    reporter.checkpoint(saved, state.step)
                     excluded += time.perf_counter() - save_start
                 if stop_now:
                     interrupted = True
@@ -256,6 +277,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         "saved_model_verified": verified is not None,
         "distributed": {"backend": dist.backend, "num_processes": world,
                         "zero_stage": dist.zero_stage if dist.backend == "deepspeed" else None},
+        "runner": spec.runner,
+        **reporter.describe(),
     }
     if accelerator.is_main_process:
         run.write_metrics(metrics)

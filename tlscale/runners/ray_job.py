@@ -1,0 +1,36 @@
+"""Entrypoint of a Ray job submitted by `tlscale submit`: run the spec it carries with the Ray runner."""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> int:
+    import yaml
+
+    from tlscale.errors import TlscaleError
+    from tlscale.runners.local import WorkerFailed, run_training
+    from tlscale.runners.ray_jobs import SPEC_VARIABLE
+    from tlscale.spec import spec_from_dict
+
+    text = os.environ.get(SPEC_VARIABLE)
+    if not text:
+        print(f"error: {SPEC_VARIABLE} is not set; submit jobs with `tlscale submit`", file=sys.stderr)
+        return 2
+    try:
+        spec = spec_from_dict(yaml.safe_load(text))
+        result = run_training(spec, resume=False, overwrite=False, stop_after_steps=None, show_progress=False)
+    except TlscaleError as exc:
+        for message in exc.messages:
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+    except WorkerFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(f"accuracy={result.metrics['eval']['accuracy']:.4f} -> {result.output_dir / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`runner: ray`: the same training loop in Ray Train workers, one per resources.num_workers.
+
+Ray places the workers on the cluster's nodes and sets up their process group; each worker builds its
+own Accelerator (DeepSpeed included) inside the loop, exactly as a local process does. Metrics and
+checkpoints go to ray.train.report. After a worker failure Ray restarts the group (up to
+resources.max_failures times) and every worker resumes from the latest reported checkpoint through the
+loop's ordinary resume path. output_dir must be on storage that every node sees (like storage_path):
+all ranks write their part of a checkpoint there and rank 0 reports it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tlscale.errors import ConfigError, require
+from tlscale.runners.local import WorkerFailed
+from tlscale.spec import JobSpec, dump_spec
+from tlscale.train import RunResult
+from tlscale.train.loop import Reporter
+
+MARKER = ".ray-run-id"  # written by the driver; a worker that cannot see it is on unshared storage
+
+
+class RayReporter(Reporter):
+    def __init__(self, placement: list[dict]):
+        self.placement = placement
+
+    def log(self, metrics: dict, step: int) -> None:
+        import ray.train
+
+        ray.train.report({**metrics, "step": step})
+
+    def checkpoint(self, path: Path, step: int) -> None:
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        # Every rank has written its part into the shared folder; rank 0 hands it to Ray.
+        checkpoint = ray.train.Checkpoint.from_directory(str(path)) if rank == 0 else None
+        ray.train.report({"step": step, "checkpoint": path.name}, checkpoint=checkpoint)
+
+    def describe(self) -> dict:
+        return {"ray": {"workers": self.placement}}
+
+
+def run_on_ray(spec: JobSpec, *, resume: bool, overwrite: bool, stop_after_steps: int | None,
+               show_progress: bool) -> RunResult | None:
+    require("ray", "ray")
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from tlscale.runners.local import finish_launched_run, prepare_launch
+
+    run = prepare_launch(spec, resume, overwrite)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run_id = f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (run.path / MARKER).write_text(run_id)
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker, **res.custom_resources}
+    if res.use_gpu:
+        per_worker["GPU"] = res.gpus_per_worker or 1
+    storage = Path(res.storage_path or run.path / "ray").expanduser().resolve()
+    connect(res.address)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"spec": dump_spec(spec), "resume": resume, "stop_after_steps": stop_after_steps,
+                           "run_id": run_id, "show_progress": show_progress},
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=per_worker, placement_strategy=res.placement_strategy),
+        run_config=RunConfig(name=run_id, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=res.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=spec.training.keep_checkpoints)),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:  # noqa: BLE001  (Ray wraps the worker's error; show it, fail the run)
+        raise RayRunFailed(exc) from None
+    return finish_launched_run(spec, run)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at address (or RAY_ADDRESS, or one started on this machine); else start one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)
+
+
+def worker_loop(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import yaml
+
+    from tlscale.spec import spec_from_dict
+    from tlscale.train import train
+
+    spec = spec_from_dict(yaml.safe_load(config["spec"]))
+    marker = Path(spec.output_dir) / MARKER
+    if not marker.is_file() or marker.read_text() != config["run_id"]:
+        node = ray.get_runtime_context().get_node_id()
+        raise ConfigError(f"output_dir: '{spec.output_dir}' is not shared with node {node[:12]}; with runner 'ray' "
+                          "it must be on storage every node mounts (NFS, a shared volume)")
+    reporter = RayReporter(placement())
+    checkpoint = ray.train.get_checkpoint()
+    options = {"launched": True, "reporter": reporter, "show_progress": False,
+               "stop_after_steps": config["stop_after_steps"]}
+    if checkpoint is None:
+        train(spec, resume=config["resume"], **options)
+        return
+    with checkpoint.as_directory() as path:  # a restart after a failure: continue from the latest report
+        train(spec, resume=True, resume_from=Path(path), **options)
+
+
+def placement() -> list[dict]:
+    """Rank, node and process of every worker (all ranks take part)."""
+    import os
+
+    import ray
+    import ray.train
+    import torch.distributed as dist
+
+    context = ray.train.get_context()
+    mine = {"rank": context.get_world_rank(), "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return sorted(everyone, key=lambda w: w["rank"])
+
+
+class RayRunFailed(WorkerFailed):
+    def __init__(self, exc: Exception):
+        text = str(exc).strip() or type(exc).__name__
+        Exception.__init__(self, f"the Ray training run failed: {text[-3000:]}")
+        self.code = 1
