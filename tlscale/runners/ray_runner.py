@@ -93,6 +93,7 @@ def worker_loop(config: dict) -> None:
 
     from tlscale.spec import spec_from_dict
     from tlscale.train import train
+    from tlscale.train.checkpoints import latest_checkpoint
 
     spec = spec_from_dict(yaml.safe_load(config["spec"]))
     marker = Path(spec.output_dir) / MARKER
@@ -105,7 +106,10 @@ def worker_loop(config: dict) -> None:
     options = {"launched": True, "reporter": reporter, "show_progress": False,
                "stop_after_steps": config["stop_after_steps"]}
     if checkpoint is None:
-        train(spec, resume=config["resume"], **options)
+        # A restart whose failure came before Ray registered the last report still finds the run's own
+        # checkpoints: the driver refused a non-empty output_dir without --resume, so any there are ours.
+        own = latest_checkpoint(Path(spec.output_dir)) is not None
+        train(spec, resume=config["resume"] or own, **options)
         return
     with checkpoint.as_directory() as path:  # a restart after a failure: continue from the latest report
         train(spec, resume=True, resume_from=Path(path), **options)

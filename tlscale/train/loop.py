@@ -151,8 +151,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                                                      "world_size": world})
     state = TrainState(world_size=world, backend=dist.backend)
     checkpoint = resume_from or (latest_checkpoint(run.path) if resume else None)
+    resumed_from_step = None
     if checkpoint is not None:
         state = _resume(accelerator, checkpoint, dist, world)
+        resumed_from_step = state.step
         accelerator.print(f"resumed from {checkpoint} (step {state.step})")
     elif resume:
         accelerator.print(f"no checkpoint in {run.path / 'checkpoints'}; starting from step 0")
@@ -272,6 +274,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         "train_runtime_s": round(state.train_time_s, 3),
         "train_samples_per_s": round(state.samples_seen / max(state.train_time_s, 1e-9), 3),
         "best_step": state.best_step,
+        "resumed_from_step": resumed_from_step,
         "seed": spec.seed,
         "fixed_batch_loss": probe_loss,
         "saved_model_verified": verified is not None,

@@ -1,0 +1,204 @@
+"""Ray: a two-node cluster on this machine (two `ray start` processes on 127.0.0.2, one CPU each).
+
+Runs with runner: ray place one worker per node and match a local 2-process run; a worker killed after a
+checkpoint is restarted by Ray and the run ends as an uninterrupted one would; jobs submitted with
+`tlscale submit` can be listed, inspected, followed and stopped; a job whose workers keep failing ends
+FAILED with the worker's error in `tlscale jobs status`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, tiny_spec, write_spec
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.distributed
+
+HOST = "127.0.0.2"  # Ray rewrites 127.0.0.1 to the machine's outward address; 127.0.0.2 stays on loopback
+STEPS = 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head + one worker node, token auth on (Ray's default), stopped afterwards whatever happens."""
+    ray = Path(sys.executable).with_name("ray")
+    port, dashboard = free_port(), free_port()
+    temps = [Path(tempfile.mkdtemp(prefix="/tmp/tlray")) for _ in range(2)]  # one per node (see PLATFORM-NOTES)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RAY_DEDUP_LOGS": "0"}
+    common = ["--node-ip-address", HOST, "--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run([str(ray), "start", "--head", "--port", str(port), "--temp-dir", str(temps[0]),
+                        "--dashboard-host", HOST, "--dashboard-port", str(dashboard), "--include-dashboard", "true",
+                        *common], env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run([str(ray), "start", "--address", f"{HOST}:{port}", "--temp-dir", str(temps[1]), *common],
+                       env=env, check=True, capture_output=True, timeout=120)
+        saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        os.environ.update({k: env[k] for k in saved})
+        yield {"address": f"{HOST}:{port}", "jobs": f"http://{HOST}:{dashboard}"}
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for key, value in locals().get("saved", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    from tests.conftest import DATA
+
+    tmp = tmp_path_factory.mktemp("ray-data")
+    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
+    (tmp / "train.tsv").write_text("\n".join(lines[:161]) + "\n")
+    (tmp / "dev.tsv").write_text("\n".join(lines[:1] + lines[1001:1065]) + "\n")
+    return tmp / "train.tsv", tmp / "dev.tsv"
+
+
+def spec_for(tmp_path, rows, name, distributed, ray_address=None, steps=STEPS, **resources) -> Path:
+    raw = tiny_spec(tmp_path / name, *rows, model={"dropout": 0.0, "classifier_dropout": 0.0},
+                    training={"epochs": 1, "max_steps": steps, "lr": 1e-4, "log_every_steps": 1,
+                              "save_every_steps": 3}, distributed=distributed)
+    if ray_address is not None:
+        raw["runner"] = "ray"
+        raw["resources"] = {"num_workers": 2, "placement_strategy": "SPREAD", "address": ray_address, **resources}
+    else:
+        raw["distributed"]["num_processes"] = 2
+    return write_spec(tmp_path / f"{name}.yaml", raw)
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["train/loss"] for row in rows if "train/loss" in row]
+
+
+def cli_ok(*args, timeout=600):
+    result = run_cli(*map(str, args), timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("backend", ["ddp", "zero2"])
+def test_two_node_ray_run_matches_two_local_processes(tmp_path, cluster, rows, backend):
+    distributed = {"backend": "ddp"} if backend == "ddp" else {"backend": "deepspeed", "zero_stage": 2}
+    cli_ok("train", spec_for(tmp_path, rows, "ray", distributed, cluster["address"]), "--no-progress")
+    cli_ok("train", spec_for(tmp_path, rows, "local", distributed), "--no-progress")
+    ray_metrics = json.loads((tmp_path / "ray" / "metrics.json").read_text())
+    local_metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
+    workers = ray_metrics["ray"]["workers"]
+    assert [w["rank"] for w in workers] == [0, 1]
+    assert len({w["node_id"] for w in workers}) == 2  # one worker on each node
+    assert ray_metrics["runner"] == "ray" and ray_metrics["saved_model_verified"] is True
+    assert losses(tmp_path / "ray") == pytest.approx(losses(tmp_path / "local"), abs=1e-5)
+    assert ray_metrics["eval"]["loss"] == pytest.approx(local_metrics["eval"]["loss"], abs=1e-5)
+    assert ray_metrics["eval"]["accuracy"] == local_metrics["eval"]["accuracy"]
+    reported = [c for c in (tmp_path / "ray" / "ray").glob("*/checkpoint_*") if c.is_dir()]
+    assert reported and all((c / "trainer_state.json").is_file() for c in reported)  # checkpoints went to Ray
+
+
+HOOKS = {
+    # rank 1 kills itself (SIGKILL) at step 5, after the step-3 checkpoint went to Ray; first attempt only
+    "kill": """
+import os, signal
+import tlscale.runners.ray_runner as ray_runner
+original = ray_runner.RayReporter.log
+def log_or_die(self, metrics, step):
+    import ray.train, yaml
+    context = ray.train.get_context()
+    marker = os.path.join(yaml.safe_load(os.environ["TLSCALE_JOB_SPEC"])["output_dir"], ".killed-once")
+    if step == 5 and context.get_world_rank() == 1 and not os.path.exists(marker):
+        open(marker, "w").write("rank 1 killed at step 5")
+        os.kill(os.getpid(), signal.SIGKILL)
+    original(self, metrics, step)
+ray_runner.RayReporter.log = log_or_die
+""",
+    # every attempt of every worker fails
+    "fail": """
+import tlscale.train.loop as loop
+def broken(*args, **kwargs):
+    raise RuntimeError("injected worker failure: disk on fire")
+loop._forward_backward = broken
+""",
+}
+
+
+def hook_dir(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / f"hook-{name}"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HOOKS[name])
+    return folder
+
+
+def submit_and_wait(cluster, spec: Path, working_dir: Path, timeout_s: float = 400) -> tuple[str, str]:
+    result = cli_ok("submit", spec, "--address", cluster["jobs"], "--working-dir", working_dir)
+    job_id = result.stdout.split()[1]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run_cli("jobs", "status", job_id, "--address", cluster["jobs"])
+        state = status.stdout.split(":", 1)[1].split()[0] if ":" in status.stdout else ""
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return job_id, status.stdout
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} did not end in {timeout_s} s")
+
+
+def test_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp_path, cluster, rows):
+    distributed = {"backend": "ddp"}
+    spec = spec_for(tmp_path, rows, "killed", distributed, cluster["address"], max_failures=1)
+    job_id, status = submit_and_wait(cluster, spec, hook_dir(tmp_path, "kill"))
+    assert "SUCCEEDED" in status, status + run_cli("jobs", "logs", job_id, "--address", cluster["jobs"]).stdout[-4000:]
+    assert (tmp_path / "killed" / ".killed-once").is_file()  # the kill did happen
+    cli_ok("train", spec_for(tmp_path, rows, "straight", distributed, cluster["address"]), "--no-progress")
+    killed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert killed["resumed_from_step"] == 3 and straight["resumed_from_step"] is None
+    assert killed["steps"] == straight["steps"] == STEPS
+    assert killed["eval"]["loss"] == pytest.approx(straight["eval"]["loss"], abs=1e-6)
+    assert killed["fixed_batch_loss"] == pytest.approx(straight["fixed_batch_loss"], abs=1e-6)
+    logs = cli_ok("jobs", "logs", job_id, "--address", cluster["jobs"]).stdout
+    assert "accuracy=" in logs
+
+
+def test_job_failing_past_max_failures_ends_failed_with_the_error(tmp_path, cluster, rows):
+    spec = spec_for(tmp_path, rows, "failing", {"backend": "ddp"}, cluster["address"], max_failures=1)
+    job_id, status = submit_and_wait(cluster, spec, hook_dir(tmp_path, "fail"))
+    assert "FAILED" in status
+    assert "injected worker failure: disk on fire" in status  # the worker's error, in `tlscale jobs status`
+    listed = cli_ok("jobs", "list", "--address", cluster["jobs"]).stdout
+    assert job_id[:20] in listed
+
+
+def test_jobs_follow_and_stop(tmp_path, cluster, rows):
+    spec = spec_for(tmp_path, rows, "stopped", {"backend": "ddp"}, cluster["address"], steps=200)
+    job_id = cli_ok("submit", spec, "--address", cluster["jobs"]).stdout.split()[1]
+    follower = subprocess.Popen([sys.executable, "-m", "tlscale", "jobs", "logs", job_id, "--follow", "--address",
+                                 cluster["jobs"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(15)
+    stop = cli_ok("jobs", "stop", job_id, "--address", cluster["jobs"])
+    assert "stop requested" in stop.stdout
+    out, _ = follower.communicate(timeout=120)  # --follow returns when the job ends
+    assert follower.returncode == 0 and out
+    final = run_cli("jobs", "status", job_id, "--address", cluster["jobs"])
+    assert "STOPPED" in final.stdout
+    unknown = run_cli("jobs", "status", "no-such-job", "--address", cluster["jobs"])
+    assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
