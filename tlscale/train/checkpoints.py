@@ -128,14 +128,9 @@ def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml:
 
 def save_adapter(peft_model, tokenizer, label_names, spec_yaml: str, path: Path, state_dict=None) -> None:
     """A PEFT adapter folder that is self-contained for tlscale (tokenizer, labels, spec beside it).
-    state_dict: the gathered full weights under ZeRO-3, where the live parameters are empty shards."""
-    def write(tmp: Path) -> None:
-        peft_model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "labels.json", {"labels": label_names})
-        (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
-
-    _write_dir(path, write)
+    state_dict: the gathered full weights under ZeRO-3, where the live parameters are empty shards
+    (PeftModel.save_pretrained keeps only the adapter's entries of it)."""
+    write_model(peft_model, state_dict, tokenizer, label_names, spec_yaml, path)
 
 
 def _zero_stage(accelerator) -> int | None:
@@ -177,6 +172,7 @@ def adapter_dir(final: Path) -> Path:
 
 
 def write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Path) -> None:
+    """A save_pretrained folder (a model, or a PEFT adapter) with the tokenizer, labels and spec beside it."""
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
