@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli, tiny_spec, write_spec
 
@@ -202,3 +203,39 @@ def test_jobs_follow_and_stop(tmp_path, cluster, rows):
     assert "STOPPED" in final.stdout
     unknown = run_cli("jobs", "status", "no-such-job", "--address", cluster["jobs"])
     assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
+
+
+def test_announced_preemption_takes_a_checkpoint_before_the_node_goes(tmp_path, cluster, rows):
+    """Ray drains a node before reclaiming it (spot preemption); the workers checkpoint at once, with no
+    periodic checkpoints configured, and hand it to Ray. Last in this module: it leaves a node drained."""
+    spec_file = spec_for(tmp_path, rows, "preempted", {"backend": "ddp"}, cluster["address"], steps=400)
+    raw = yaml.safe_load(spec_file.read_text())
+    raw["training"].pop("save_every_steps")
+    raw["training"]["epochs"] = 30
+    spec_file.write_text(yaml.safe_dump(raw))
+    run = subprocess.Popen([sys.executable, "-m", "tlscale", "train", str(spec_file), "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "preempted" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("train/loss") < 3):
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            time.sleep(1)
+        ray = Path(sys.executable).with_name("ray")
+        nodes = subprocess.run([str(ray), "list", "nodes", "--address", cluster["jobs"], "-f", "is_head_node=False",
+                                "--format", "json"], capture_output=True, text=True, check=True)
+        worker_node = json.loads(nodes.stdout)[0]["node_id"]
+        subprocess.run([str(ray), "drain-node", "--address", cluster["address"], "--node-id", worker_node,
+                        "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
+                        "--deadline-remaining-seconds", "30"], check=True, capture_output=True)
+        checkpoints = tmp_path / "preempted" / "checkpoints"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(checkpoints.glob("step-*")):
+            time.sleep(1)
+        saved = list(checkpoints.glob("step-*"))
+        assert len(saved) == 1, "no just-in-time checkpoint after the preemption notice"
+        reported = [c for c in (tmp_path / "preempted" / "ray").glob("*/checkpoint_*") if c.is_dir()]
+        assert reported and (reported[0] / "trainer_state.json").is_file()
+    finally:
+        run.kill()  # the group cannot be placed again on the one node left; the fixture stops the cluster
+        run.wait(timeout=60)

@@ -24,6 +24,19 @@ MARKER = ".ray-run-id"  # written by the driver; a worker that cannot see it is 
 class RayReporter(Reporter):
     def __init__(self, placement: list[dict]):
         self.placement = placement
+        self.preemption_checkpoint_step: int | None = None
+
+    def preempted(self, step: int) -> bool:
+        """Ray announces a node's reclaim (spot preemption, drain) before it happens: take a just-in-time
+        checkpoint once and keep training; Ray then restarts the group from it. (A barrier: every rank
+        asks at every step.)"""
+        import ray.train
+
+        if self.preemption_checkpoint_step is not None or ray.train.get_preemption_info() is None:
+            return False
+        self.preemption_checkpoint_step = step
+        print(f"preemption announced: checkpointing at step {step}", flush=True)
+        return True
 
     def log(self, metrics: dict, step: int) -> None:
         import ray.train
@@ -39,7 +52,7 @@ class RayReporter(Reporter):
         ray.train.report({"step": step, "checkpoint": path.name}, checkpoint=checkpoint)
 
     def describe(self) -> dict:
-        return {"ray": {"workers": self.placement}}
+        return {"ray": {"workers": self.placement, "preemption_checkpoint_step": self.preemption_checkpoint_step}}
 
 
 def run_on_ray(spec: JobSpec, *, resume: bool, overwrite: bool, stop_after_steps: int | None,

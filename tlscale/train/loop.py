@@ -65,6 +65,10 @@ class Reporter:
     def checkpoint(self, path: Path, step: int) -> None:
         pass
 
+    def preempted(self, step: int) -> bool:
+        """True once when the scheduler announces a preemption: checkpoint now, keep training."""
+        return False
+
     def describe(self) -> dict:
         """Extra entries for metrics.json (e.g. where the workers ran)."""
         return {}
@@ -220,7 +224,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                     excluded += time.perf_counter() - eval_start
                 stop_now = _agree(accelerator, preemption.requested or
                                   (stop_after_steps is not None and state.step >= stop_after_steps))
-                if stop_now or (training.save_every_steps and state.step % training.save_every_steps == 0):
+                periodic = bool(training.save_every_steps and state.step % training.save_every_steps == 0)
+                if stop_now or periodic or reporter.preempted(state.step):
                     save_start = time.perf_counter()
                     state.train_time_s = time_before + save_start - epoch_start - excluded
                     saved = save_training_state(accelerator, run.path, state, training.keep_checkpoints)
