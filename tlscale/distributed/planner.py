@@ -151,7 +151,7 @@ def model_size(spec) -> ModelSize:
     groups = layer_groups(base_model(model))
     named = dict(base_model(model).named_parameters())
     trainable_blocks = sum(any(named[n].requires_grad for n in block) for block in groups.blocks)
-    frozen_linear = sum(m.weight.numel() for m in base_model(model).backbone.modules()
+    frozen_linear = sum(m.weight.numel() for m in base_model(model).base_model.modules()
                         if type(m).__name__ in ("Linear", "Conv1D") and not m.weight.requires_grad)
     return ModelSize(total=total, trainable=trainable, largest_layer=largest, layers=len(groups.blocks),
                      hidden=config.hidden_size, heads=getattr(config, "num_attention_heads", 1),

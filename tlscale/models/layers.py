@@ -31,17 +31,26 @@ def find_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def layer_groups(model: nn.Module) -> LayerGroups:
-    """Parameter names per group. Norms and poolers above the blocks go with the head."""
-    backbone = model.backbone
-    blocks_name, blocks = find_blocks(backbone)
+    """Parameter names per group. Norms and poolers above the blocks go with the head. Works for any
+    transformers model with a base model (our classifier's `backbone`, BertForQuestionAnswering's `bert`)."""
+    base_name = model.base_model_prefix
+    blocks_name, blocks = find_blocks(model.base_model)
     groups = LayerGroups(blocks=[[] for _ in blocks])
-    prefix = f"backbone.{blocks_name}."
+    prefix = f"{base_name}.{blocks_name}."
     for name, _ in model.named_parameters():
         if name.startswith(prefix):
             index = int(name[len(prefix):].split(".", 1)[0])
             groups.blocks[index].append(name)
-        elif name.startswith("backbone.") and any(h in name.lower() for h in EMBEDDING_HINTS):
+        elif name.startswith(f"{base_name}.") and any(h in name.lower() for h in EMBEDDING_HINTS):
             groups.embeddings.append(name)
         else:
             groups.head.append(name)
     return groups
+
+
+def new_head_modules(model: nn.Module) -> list[str]:
+    """Top-level modules outside the base model that own parameters of their own: the task head that
+    a strategy adds (classifier, qa_outputs). A language-model head tied to the embeddings is not new."""
+    base = {id(p) for p in model.base_model.parameters()}
+    return [name for name, child in model.named_children()
+            if name != model.base_model_prefix and any(id(p) not in base for p in child.parameters())]

@@ -120,6 +120,35 @@ def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict
     return model
 
 
+def build_qa_model(spec: ModelSpec, load_options: dict | None = None):
+    """Pretrained backbone + a fresh span head (start/end logits per token): transformers'
+    *ForQuestionAnswering for BERT-, GPT-2- and Llama-shaped models."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model_path(spec.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    overrides = dropout_overrides(config, spec.dropout)
+    if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
+        overrides["pad_token_id"] = config.eos_token_id
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the new, untrained qa_outputs head
+    try:
+        model = AutoModelForQuestionAnswering.from_pretrained(path, **overrides, **(load_options or {}))
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if load_options and "quantization_config" in load_options:
+        from tlscale.models.quantization import disable_cpu_repacking
+
+        disable_cpu_repacking(model)
+    return model
+
+
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                 "dropout", "attention_dropout")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from tlscale.errors import ConfigError, require
+from tlscale.models.layers import new_head_modules
 from tlscale.strategies.base import STRATEGIES, Strategy
 
 # Attention and MLP projections per architecture (module names as transformers defines them).
@@ -19,7 +20,6 @@ TARGET_MODULES = {
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-HEAD_MODULES = ["classifier"]  # the fresh head trains fully and is saved with the adapter
 
 
 def default_targets(model_type: str) -> list[str]:
@@ -36,7 +36,7 @@ class Lora(Strategy):
         spec = self.spec
         r = spec.r or 8
         targets = spec.target_modules or default_targets(model.config.model_type)
-        modules = {name.rsplit(".", 1)[-1]: module for name, module in model.backbone.named_modules()}
+        modules = {name.rsplit(".", 1)[-1]: module for name, module in model.base_model.named_modules()}
         unknown = sorted(set(targets) - set(modules))
         if unknown:
             raise ConfigError(f"strategy.target_modules: {unknown} are not modules of this model; "
@@ -45,7 +45,8 @@ class Lora(Strategy):
         transposed = any(type(modules[t]).__name__ == "Conv1D" for t in targets)
         config = peft.LoraConfig(r=r, lora_alpha=spec.alpha or 2 * r, lora_dropout=(
             0.05 if spec.lora_dropout is None else spec.lora_dropout), target_modules=targets,
-            bias=spec.bias or "none", modules_to_save=HEAD_MODULES, fan_in_fan_out=transposed)
+            bias=spec.bias or "none", fan_in_fan_out=transposed,
+            modules_to_save=new_head_modules(model))  # the fresh head trains fully and is saved with the adapter
         return peft.get_peft_model(model, config)
 
 
