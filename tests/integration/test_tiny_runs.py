@@ -30,7 +30,7 @@ def test_train_writes_the_promised_outputs_and_eval_predict_reuse_them(tmp_path,
     path = write_spec(tmp_path / "spec.yaml", spec)
     result = train(path)
     out = tmp_path / "run"
-    assert "accuracy=" in result.stdout
+    assert "eval accuracy" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("task", "strategy", "eval", "trainable_params", "total_params", "train_runtime_s", "train_samples_per_s"):
         assert key in metrics

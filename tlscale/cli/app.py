@@ -51,9 +51,9 @@ def _load(spec: Path, overrides: list[str] | None):
 def validate(spec: SpecArg, overrides: Overrides = None,
              check_data: Annotated[bool, typer.Option(help="Also read the data files and check columns/labels.")] = True):
     """Check a spec (and its data files) without training."""
-    from tlscale.data import build_classification_data
-    from tlscale.models import resolve_model_path
+    from tlscale.models import load_tokenizer, resolve_model_path
     from tlscale.strategies import build_strategy
+    from tlscale.tasks import build_task
 
     job = _load(spec, overrides)
     resolve_model_path(job.model.name_or_path)
@@ -64,8 +64,10 @@ def validate(spec: SpecArg, overrides: Overrides = None,
         deepspeed_config(job)
     summary = f"{spec}: valid ({job.task}, strategy {job.strategy.name})"
     if check_data:
-        data = build_classification_data(job.data, job.seed)
-        summary += f"; {len(data.train)} train / {len(data.eval)} eval examples, labels {data.label_names}"
+        data = build_task(job).prepare(load_tokenizer(job.model))
+        summary += f"; {len(data.train)} train / {len(data.eval)} eval inputs"
+        if data.label_names:
+            summary += f", labels {data.label_names}"
     out.print(summary)
 
 
@@ -104,8 +106,9 @@ def train(spec: SpecArg, overrides: Overrides = None,
         err.print(f"[bold red]error:[/] {exc}", markup=True)
         raise typer.Exit(1) from None
     if result is not None and not result.interrupted:
-        ev = result.metrics["eval"]
-        out.print(f"accuracy={ev['accuracy']:.4f} f1_macro={ev['f1_macro']:.4f} -> {result.output_dir / 'metrics.json'}")
+        from tlscale.tasks import build_task
+
+        out.print(f"{build_task(job).headline(result.metrics['eval'])} -> {result.output_dir / 'metrics.json'}")
 
 
 @app.command("eval")

@@ -16,6 +16,7 @@ from tlscale.train.checkpoints import write_json_atomic
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
     from tlscale.models import load_trained_classifier
 
+    _classification_only(spec.task, "eval")
     model, tokenizer, label_names = load_trained_classifier(checkpoint)
     examples, encoded, probs, metrics = score_on_eval_data(model, tokenizer, label_names, spec)
     out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
@@ -76,6 +77,14 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     output_file.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, examples.texts, probs, label_names, None, examples.where)
     return len(examples)
+
+
+def _classification_only(task: str, command: str) -> None:
+    if task != "text_classification":
+        from tlscale.errors import ConfigError
+
+        raise ConfigError(f"task: `tlscale {command}` supports text_classification so far, found '{task}'; "
+                          "training evaluates extractive_qa at the end (metrics.json, predictions.jsonl)")
 
 
 def _training_data_spec(checkpoint: Path, yaml) -> dict:

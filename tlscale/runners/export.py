@@ -28,17 +28,18 @@ def load_adapter_model(adapter: Path):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from tlscale.models import build_classifier
     from tlscale.spec import load_spec
     from tlscale.strategies import build_strategy
+    from tlscale.tasks import TaskData, build_task
 
     spec_file = adapter / "tlscale_spec.yaml"
     if not spec_file.is_file():
         raise ConfigError(f"ADAPTER: '{adapter}' has no tlscale_spec.yaml; it was not written by tlscale")
     spec = load_spec(spec_file)
-    label_names = json.loads((adapter / "labels.json").read_text())["labels"]
+    labels_file = adapter / "labels.json"
+    label_names = json.loads(labels_file.read_text())["labels"] if labels_file.is_file() else None
     strategy = build_strategy(spec.strategy)
-    base = build_classifier(spec.model, label_names, strategy.load_options())
+    base = build_task(spec).build_model(TaskData(None, None, label_names), strategy.load_options())
     model = PeftModel.from_pretrained(base, adapter).eval()
     return spec, model, AutoTokenizer.from_pretrained(adapter), label_names
 
@@ -54,6 +55,7 @@ def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluat
         raise ConfigError(f"--output: '{output}' would overwrite the adapter or its run; choose a new folder")
     spec, model, tokenizer, label_names = load_adapter_model(adapter)
     report: dict = {"adapter": str(adapter), "strategy": spec.strategy.name}
+    evaluate = evaluate and spec.task == "text_classification"  # other tasks: scored at the end of training
     if evaluate:
         *_, adapter_probs, adapter_metrics = score_on_eval_data(model, tokenizer, label_names, spec)
     merged = merged_copy(model)

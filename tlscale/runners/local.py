@@ -39,9 +39,9 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
 
 def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
     """Everything that can be checked before starting workers, so bad input fails once, with exit code 2."""
-    from tlscale.data import build_classification_data
-    from tlscale.models import resolve_model_path
+    from tlscale.models import load_tokenizer, resolve_model_path
     from tlscale.strategies import build_strategy
+    from tlscale.tasks import build_task
     from tlscale.train.checkpoints import check_resumable, latest_checkpoint
     from tlscale.train.run_dir import RunDir
 
@@ -52,7 +52,7 @@ def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
         check_resumable(checkpoint, spec.distributed.backend, spec.world_size)
     resolve_model_path(spec.model.name_or_path)
     build_strategy(spec.strategy).load_options()  # qlora: a missing or broken bitsandbytes fails here, once
-    build_classification_data(spec.data, spec.seed)
+    build_task(spec).prepare(load_tokenizer(spec.model))  # bad data fails here, once, with exit code 2
     if spec.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
@@ -79,14 +79,14 @@ def finish_launched_run(spec: JobSpec, run) -> RunResult | None:
 
 def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
     """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
-    from tlscale.data import build_classification_data, tokenize
     from tlscale.models import load_tokenizer
+    from tlscale.tasks import build_task
     from tlscale.train.verify import fixed_batch, verify_adapter, verify_saved_model
 
     tokenizer = load_tokenizer(spec.model)
-    data = build_classification_data(spec.data, spec.seed)
-    batch = fixed_batch(tokenize(data.eval, tokenizer, spec.model.max_length), tokenizer.pad_token_id)
-    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"])
+    task = build_task(spec)
+    batch = fixed_batch(task, task.prepare(tokenizer).eval, tokenizer.pad_token_id)
+    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"], task.auto_class)
     if (spec.output_dir / "model-adapter").is_dir():
         report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")
     return report

@@ -28,7 +28,9 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if result is not None:
-        print(f"accuracy={result.metrics['eval']['accuracy']:.4f} -> {result.output_dir / 'metrics.json'}")
+        from tlscale.tasks import build_task
+
+        print(f"{build_task(spec).headline(result.metrics['eval'])} -> {result.output_dir / 'metrics.json'}")
     return 0
 
 

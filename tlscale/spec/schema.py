@@ -127,7 +127,7 @@ class TrainingSpec(Section):
     save_every_steps: PositiveInt | None = Field(None, description="Training-state checkpoints for resume.")
     keep_checkpoints: PositiveInt = 2
     keep_best: bool = Field(True, description="Final model = best evaluated one (needs eval_every_steps).")
-    metric_for_best: str = "accuracy"
+    metric_for_best: str = Field("auto", description="auto: the task's main metric (accuracy; f1 for extractive_qa).")
     log_every_steps: PositiveInt = 10
     tensorboard: bool = True
 
@@ -198,8 +198,21 @@ class ResourcesSpec(Section):
         return self
 
 
+class QaSpec(Section):
+    """extractive_qa: how contexts become windows and spans become answers."""
+
+    doc_stride: PositiveInt = Field(128, description="Tokens of overlap between consecutive windows of a context.")
+    n_best: PositiveInt = Field(20, description="Start and end candidates per window.")
+    max_answer_tokens: PositiveInt = Field(30, description="Longest answer span, in tokens.")
+    version: Literal["v1", "v2"] = Field("v1", description="v2: unanswerable questions and HasAns/NoAns scores.")
+    null_threshold: float = Field(0.0, description="v2: answer '' when the no-answer score beats the best span "
+                                  "by more than this.")
+    train_articles: PositiveInt | None = Field(
+        None, description="Without data.eval_file: the first N articles of a SQuAD JSON train, the rest evaluate.")
+
+
 class JobSpec(Section):
-    task: str = Field("text_classification", description="text_classification")
+    task: str = Field("text_classification", description="text_classification | extractive_qa")
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
         "ray: resources.num_workers Ray Train workers on a Ray cluster.")
@@ -212,6 +225,7 @@ class JobSpec(Section):
     eval: EvalSpec = EvalSpec()
     distributed: DistributedSpec = DistributedSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    qa: QaSpec = QaSpec()
 
     @field_validator("task")
     @classmethod
@@ -225,6 +239,16 @@ class JobSpec(Section):
     @property
     def world_size(self) -> int:
         return self.resources.num_workers if self.runner == "ray" else self.distributed.num_processes
+
+    @model_validator(mode="after")
+    def _task_coherent(self) -> JobSpec:
+        if self.task != "extractive_qa" and self.qa != QaSpec():
+            raise ValueError(f"the qa section only applies to task 'extractive_qa', not '{self.task}'")
+        if self.task == "extractive_qa":
+            if self.qa.doc_stride >= self.model.max_length // 2:
+                raise ValueError(f"qa.doc_stride must be below model.max_length / 2 ({self.model.max_length // 2}), "
+                                 f"found {self.qa.doc_stride}")
+        return self
 
     @model_validator(mode="after")
     def _runner_coherent(self) -> JobSpec:
@@ -266,7 +290,9 @@ class JobSpec(Section):
 
     @model_validator(mode="after")
     def _metric_known(self) -> JobSpec:
-        known = {"accuracy", "f1_macro", "loss", "ece"}
+        from tlscale.tasks import TASKS
+
+        known = set(TASKS.get(self.task).metrics) | {"auto"}
         if self.training.metric_for_best not in known:
             raise ValueError(
                 f"training.metric_for_best: expected one of {sorted(known)}, found '{self.training.metric_for_best}'"

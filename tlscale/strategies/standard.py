@@ -67,4 +67,4 @@ class GradualUnfreeze(Strategy):
 
 
 def backbone_names(model: nn.Module) -> set[str]:
-    return {name for name, _ in model.named_parameters() if name.startswith("backbone.")}
+    return {name for name, _ in model.named_parameters() if name.startswith(f"{model.base_model_prefix}.")}

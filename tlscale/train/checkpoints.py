@@ -176,7 +176,8 @@ def write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Pat
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "labels.json", {"labels": label_names})
+        if label_names is not None:
+            write_json_atomic(tmp / "labels.json", {"labels": label_names})
         (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
 
     _write_dir(final, write)

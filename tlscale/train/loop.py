@@ -84,13 +84,13 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     from transformers import get_scheduler
     from transformers.utils import logging as hf_logging
 
-    from tlscale.data import build_classification_data, length_grouped_batches, tokenize
+    from tlscale.data import length_grouped_batches
     from tlscale.data.batching import shard_global_batches, shuffled_batches
     from tlscale.distributed.accelerate_setup import accelerator_kwargs, check_backend
-    from tlscale.models import build_classifier, load_tokenizer
+    from tlscale.models import load_tokenizer
     from tlscale.strategies import build_strategy, count_parameters, parameter_groups
     from tlscale.strategies.feature_cache import FeatureCache
-    from tlscale.train.evaluation import evaluate_and_report
+    from tlscale.tasks import build_task
     from tlscale.train.tracking import trackers_for
     from tlscale.train.verify import batch_loss, fixed_batch, verify_adapter, verify_saved_model
 
@@ -107,9 +107,9 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     # --- data ------------------------------------------------------------------------------------
     set_seed(spec.seed)
     tokenizer = load_tokenizer(spec.model)
-    data = build_classification_data(spec.data, spec.seed)
-    train_set = tokenize(data.train, tokenizer, spec.model.max_length)
-    eval_set = tokenize(data.eval, tokenizer, spec.model.max_length)
+    task = build_task(spec)
+    data = task.prepare(tokenizer)
+    train_set, eval_set = data.train, data.eval
     pad_id = tokenizer.pad_token_id
 
     # --- model and strategy, built before the Accelerator: once a ZeRO-3 plugin exists, transformers
@@ -117,7 +117,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     # DeepSpeed partitions the finished model in prepare() instead.
     set_seed(spec.seed)  # the new head's initialisation depends on nothing that ran before
     strategy = build_strategy(spec.strategy)
-    model = build_classifier(spec.model, data.label_names, strategy.load_options())
+    model = task.build_model(data, strategy.load_options())
     memory = memory_report(model)
     model = strategy.apply(model)
 
@@ -164,8 +164,9 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         accelerator.print(f"no checkpoint in {run.path / 'checkpoints'}; starting from step 0")
     raw_model = accelerator.unwrap_model(model)
     strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch)
-    train_cache = FeatureCache(len(train_set), spec.strategy.cache_features) if strategy.caches_features else None
-    eval_cache = FeatureCache(len(eval_set)) if strategy.caches_features else None
+    cached = strategy.caches_features and task.caches_features
+    train_cache = FeatureCache(len(train_set), spec.strategy.cache_features) if cached else None
+    eval_cache = FeatureCache(len(eval_set)) if cached else None
     accelerator.print(f"{spec.strategy.name}: {trainable:,} trainable of {total:,} parameters "
                       f"({100 * trainable / max(total, 1):.2f}%), weights {memory['weights_mb']:,.1f} MB"
                       f"{' (fp32: %.1f MB)' % memory['weights_fp32_mb'] if memory['quantized'] else ''}; "
@@ -173,7 +174,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                       f"{world} process(es), {accelerator.distributed_type.value}")
 
     def evaluate(tag: str) -> dict:
-        return evaluate_and_report(accelerator, raw_model, eval_set, data, spec, run, pad_id, eval_cache,
+        return task.evaluate(accelerator, raw_model, data, run, pad_id, eval_cache,
                                    write_files=(tag == "final"))
 
     # --- the loop ------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                 position += len(group)
                 group_size = sum(len(indices) for indices in group)
                 local = [shard_global_batches(indices, rank, world) for indices in group]
-                running_loss += _forward_backward(accelerator, model, train_set, local, group_size, pad_id,
+                running_loss += _forward_backward(accelerator, model, task, train_set, local, group_size, pad_id,
                                                   train_cache, deepspeed_gas=_ds_gas(dist, training))
                 running_count += sum(len(indices) for indices in local)
                 if training.max_grad_norm:
@@ -220,7 +221,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                     running_loss, running_count = 0.0, 0
                 if training.eval_every_steps and state.step % training.eval_every_steps == 0:
                     eval_start = time.perf_counter()
-                    _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state, spec)
+                    _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state, spec, task)
                     excluded += time.perf_counter() - eval_start
                 stop_now = _agree(accelerator, preemption.requested or
                                   (stop_after_steps is not None and state.step >= stop_after_steps))
@@ -254,10 +255,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         accelerator.print(f"final model = best evaluated at step {state.best_step}")
         _load_best(raw_model, run.best_model)
     final_eval = evaluate("final")
-    probe = fixed_batch(eval_set, pad_id)
+    probe = fixed_batch(task, eval_set, pad_id)
     probe_loss = batch_loss(raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
     save_model(accelerator, model, tokenizer, data.label_names, run.spec_yaml, run.model_dir)
-    verified = verify_saved_model(run.model_dir, probe, probe_loss) if world == 1 else None
+    verified = verify_saved_model(run.model_dir, probe, probe_loss, task.auto_class) if world == 1 else None
     if verified is not None and (run.path / "model-adapter").is_dir():
         verified["adapter"] = verify_adapter(run.path / "model-adapter")
     metrics = {
@@ -272,7 +273,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         "memory": memory,
         "train_examples": len(train_set),
         "eval_examples": len(eval_set),
-        "train_truncated": train_set.truncated,
+        "train_truncated": data.truncated,
+        **({"data": data.notes} if data.notes else {}),
         "steps": state.step,
         "epochs": state.epoch,
         "epoch_times_s": state.epoch_times_s,
@@ -292,8 +294,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         run.write_metrics(metrics)
     accelerator.log({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=state.step)
     accelerator.end_training()
-    accelerator.print(f"eval accuracy {final_eval['accuracy']:.4f}  macro-F1 {final_eval['f1_macro']:.4f}  "
-                      f"ECE {final_eval['ece']:.4f}  ({len(eval_set)} examples)  -> {run.path}")
+    accelerator.print(f"{task.headline(final_eval)}  -> {run.path}")
     return RunResult(run.path, metrics)
 
 
@@ -330,19 +331,17 @@ def _ds_gas(dist, training) -> int:
     return training.grad_accum_steps if dist.backend == "deepspeed" else 1
 
 
-def _forward_backward(accelerator, model, train_set, local_group: list[list[int]], global_size: int, pad_id: int,
-                      cache, deepspeed_gas: int = 1) -> float:
+def _forward_backward(accelerator, model, task, train_set, local_group: list[list[int]], global_size: int,
+                      pad_id: int, cache, deepspeed_gas: int = 1) -> float:
     """Gradients of one optimizer step. Each rank's micro-batch loss is weighted so that, after the
     backend averages over ranks (and DeepSpeed divides by accumulation steps), the gradient is that of
     the mean loss over the whole global group: the same as one process would compute."""
-    from tlscale.data import collate
-
     total = 0.0
     scale = accelerator.num_processes * deepspeed_gas / global_size
     for i, indices in enumerate(local_group):
         last = i == len(local_group) - 1
         accelerator.sync_gradients = last  # DeepSpeed steps only at the boundary
-        batch = collate(train_set, indices, pad_id)
+        batch = task.collate(train_set, indices, pad_id)
         index = batch.pop("index")
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         replicated = accelerator.distributed_type.name in ("MULTI_CPU", "MULTI_GPU")  # DDP: reduce once per step
@@ -380,12 +379,13 @@ def _resume(accelerator, checkpoint: Path, dist, world: int) -> TrainState:
     return state
 
 
-def _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state: TrainState, spec) -> None:
+def _eval_and_keep_best(evaluate, accelerator, model, tokenizer, data, run, state: TrainState, spec, task) -> None:
     result = evaluate("periodic")
     accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=state.step)
-    name = spec.training.metric_for_best
+    name = task.default_metric if spec.training.metric_for_best == "auto" else spec.training.metric_for_best
     value = result[name]
-    better = state.best_metric is None or (value < state.best_metric if name in ("loss", "ece") else value > state.best_metric)
+    lower_is_better = task.metrics[name] == "min"
+    better = state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric)
     if better:
         state.best_metric, state.best_step = value, state.step
         if spec.training.keep_best:

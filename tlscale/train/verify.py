@@ -9,14 +9,13 @@ from pathlib import Path
 
 import torch
 
-from tlscale.data.batching import collate
 from tlscale.errors import RunStateError
 
 FIXED_BATCH = 8
 
 
-def fixed_batch(eval_set, pad_id: int) -> dict:
-    batch = collate(eval_set, list(range(min(FIXED_BATCH, len(eval_set)))), pad_id)
+def fixed_batch(task, eval_set, pad_id: int) -> dict:
+    batch = task.collate(eval_set, list(range(min(FIXED_BATCH, len(eval_set)))), pad_id)
     batch.pop("index")
     return batch
 
@@ -30,15 +29,21 @@ def batch_loss(model, batch: dict, device="cpu") -> float:
     return loss
 
 
-def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float, tolerance: float = 1e-4) -> dict:
+def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float,
+                       auto_class: str = "AutoModelForSequenceClassification", tolerance: float = 1e-4) -> dict:
+    import transformers
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from tlscale.models.pooled_classifier import PooledSequenceClassifier
 
     problems = []
+    config = AutoConfig.from_pretrained(model_dir)
+    loader = getattr(transformers, auto_class)
     with torch.device("meta"):
-        expected = PooledSequenceClassifier(AutoConfig.from_pretrained(model_dir)).state_dict()
+        skeleton = (PooledSequenceClassifier(config) if config.architectures == ["PooledSequenceClassifier"]
+                    else loader.from_config(config))
+    expected = skeleton.state_dict()
     tensors = {}
     for file in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(file), "pt") as handle:
@@ -54,7 +59,7 @@ def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float, toler
         problems.append(f"{len(wrong)} tensors with the wrong shape, e.g. {wrong[:3]}")
     reloaded_loss = None
     if not problems:
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True)
+        model = loader.from_pretrained(model_dir, trust_remote_code=True)
         reloaded_loss = batch_loss(model, batch)
         if abs(reloaded_loss - expected_loss) > tolerance * max(1.0, abs(expected_loss)):
             problems.append(f"reloaded loss {reloaded_loss:.6f} != in-memory loss {expected_loss:.6f} on a fixed batch")

@@ -1,0 +1,103 @@
+"""extractive_qa: SQuAD-style span extraction over long contexts, scored like the official SQuAD scripts."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tlscale.data.batching import sequential_batches
+from tlscale.data.qa import drop_misaligned, read_questions, split_by_article
+from tlscale.data.qa_windows import make_windows
+from tlscale.errors import DataError
+from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
+from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
+
+PAD_LOGIT = -1e4
+
+
+@TASKS.register("extractive_qa")
+class ExtractiveQA(Task):
+    name = "extractive_qa"
+    auto_class = "AutoModelForQuestionAnswering"
+    metrics = {"f1": "max", "exact_match": "max"}
+    default_metric = "f1"
+
+    def prepare(self, tokenizer) -> TaskData:
+        spec, qa = self.spec, self.spec.qa
+        questions = read_questions(spec.data.train_file)
+        if spec.data.eval_file is not None:
+            train, held_out = questions, read_questions(spec.data.eval_file)
+        elif qa.train_articles is not None:
+            train, held_out = split_by_article(questions, qa.train_articles)
+        else:
+            raise DataError("data.eval_file: extractive_qa needs an eval file, or qa.train_articles to split the "
+                            "training file by article")
+        train, skipped = drop_misaligned(train)
+        if not train:
+            raise DataError(f"{spec.data.train_file}: no training question has its answer at answer_start")
+        train = _sample(train, spec.data.limit, spec.seed)
+        held_out = _sample(held_out, spec.data.eval_limit, spec.seed)
+        max_length = spec.model.max_length
+        train_windows = make_windows(train, tokenizer, max_length, qa.doc_stride)
+        eval_windows = make_windows(held_out, tokenizer, max_length, qa.doc_stride)
+        notes = {"train_questions": len(train), "eval_questions": len(held_out),
+                 "train_windows": len(train_windows), "eval_windows": len(eval_windows),
+                 "skipped_misaligned": len(skipped), "skipped_ids": skipped[:20]}
+        return TaskData(train_windows, eval_windows, None, 0, eval_items=held_out, notes=notes)
+
+    def build_model(self, data: TaskData, load_options: dict):
+        from tlscale.models.loading import build_qa_model
+
+        return build_qa_model(self.spec.model, load_options)
+
+    def collate(self, dataset, indices, pad_id):
+        return collate_windows(dataset, indices, pad_id)
+
+    def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
+        spec, qa, windows = self.spec, self.spec.qa, data.eval
+        width = max(len(ids) for ids in windows.input_ids)
+
+        @torch.no_grad()
+        def score(indices):
+            batch = collate_windows(windows, indices, pad_id, labels=False)
+            index = batch.pop("index")
+            out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
+            rows = torch.full((len(indices), 2 * width), PAD_LOGIT)
+            n = out.start_logits.shape[1]
+            rows[:, :n] = out.start_logits.float().cpu()
+            rows[:, width:width + n] = out.end_logits.float().cpu()
+            return index, rows
+
+        was_training = model.training
+        model.eval()
+        batches = sequential_batches([len(ids) for ids in windows.input_ids], spec.eval.batch_size)
+        rows = gather_rows(accelerator, score, batches, len(windows))
+        model.train(was_training)
+        logits = {i: (rows[i, :len(windows.input_ids[i])], rows[i, width:width + len(windows.input_ids[i])])
+                  for i in range(len(windows))}
+        questions = data.eval_items
+        metrics, answers = qa_metrics(questions, windows, logits, qa.version, qa.n_best, qa.max_answer_tokens,
+                                      qa.null_threshold)
+        metrics.update({"num_examples": len(questions), "windows": len(windows)})
+        if write_files and accelerator.is_main_process and spec.eval.predictions:
+            with open(run.path / "predictions.jsonl", "w") as out:
+                for q in questions:
+                    out.write(json.dumps({"id": q.id, "question": q.question, "prediction": answers[q.id],
+                                          "answers": q.answers, "where": q.where}) + "\n")
+        return metrics
+
+    def headline(self, metrics: dict) -> str:
+        return (f"eval exact match {metrics['exact_match']:.2f}  F1 {metrics['f1']:.2f}  "
+                f"({metrics['num_examples']} questions, {metrics['windows']} windows)")
+
+
+def _sample(questions, limit, seed):
+    """A seeded sample of questions (data.limit / data.eval_limit), order kept."""
+    if limit is None or limit >= len(questions):
+        return questions
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(questions)), limit))
+    return [questions[i] for i in keep]
+
+
