@@ -197,3 +197,20 @@ def test_minilm_zero3_two_processes_matches_one_process(tmp_path):
     assert b["saved_model_verified"] is True
     assert abs(a["eval"]["accuracy"] - b["eval"]["accuracy"]) <= 0.01
     assert a["eval"]["accuracy"] > 0.75
+
+
+def test_extractive_qa_under_two_process_deepspeed_matches_one_process(tmp_path):
+    from tests.integration.test_qa_runs import qa_spec
+
+    common = {"model": {"dropout": 0.0}, "training": {"max_steps": 4, "lr": 1e-3, "log_every_steps": 1}}
+    one = write_spec(tmp_path / "one.yaml", qa_spec(tmp_path / "one", **common))
+    two = write_spec(tmp_path / "two.yaml", qa_spec(tmp_path / "two", **common,
+                                                   distributed={"backend": "deepspeed", "zero_stage": 2,
+                                                                "num_processes": 2}))
+    train_ok(one)
+    train_ok(two)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-3)
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert b["saved_model_verified"] is True and b["eval"]["total"] == a["eval"]["total"] == 32
+    assert b["eval"]["f1"] == pytest.approx(a["eval"]["f1"], abs=2.0)

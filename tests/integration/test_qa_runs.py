@@ -1,0 +1,95 @@
+"""extractive_qa through the one loop: tiny model mechanics, spec errors, and (slow) real MiniLM on XQuAD
+against trivial baselines computed on the same held-out articles."""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from tests.conftest import DATA, ROOT, run_cli, write_spec
+from tlscale.data.qa import read_questions, split_by_article
+from tlscale.eval.squad import squad_scores
+
+XQUAD = DATA / "xquad" / "xquad.en.json"
+
+
+def qa_spec(output_dir, **sections) -> dict:
+    spec = {"task": "extractive_qa", "seed": 7, "output_dir": str(output_dir),
+            "model": {"name_or_path": "tiny:bert", "max_length": 128},
+            "data": {"train_file": str(XQUAD), "limit": 64, "eval_limit": 32},
+            "qa": {"train_articles": 32, "doc_stride": 32},
+            "training": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "log_every_steps": 2, "tensorboard": False}}
+    for name, values in sections.items():
+        spec[name] = {**spec.get(name, {}), **values}
+    return spec
+
+
+def test_tiny_qa_run_trains_scores_and_saves(tmp_path):
+    path = write_spec(tmp_path / "qa.yaml", qa_spec(tmp_path / "run", training={"eval_every_steps": 5}))
+    result = run_cli("train", str(path), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "eval exact match" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "extractive_qa" and metrics["saved_model_verified"] is True
+    assert metrics["eval"]["total"] == 32 and metrics["data"]["eval_questions"] == 32
+    assert metrics["data"]["train_windows"] > metrics["data"]["train_questions"] == 64  # long contexts split
+    assert metrics["best_step"] is not None  # metric_for_best auto -> f1
+    predictions = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 32 and all({"id", "prediction", "answers"} <= set(p) for p in predictions)
+    from transformers import AutoModelForQuestionAnswering
+
+    AutoModelForQuestionAnswering.from_pretrained(tmp_path / "run" / "model")  # plain transformers loads it
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"qa": {"doc_stride": 64}}, "qa.doc_stride must be below model.max_length / 2"),
+    ({"training": {"metric_for_best": "accuracy"}}, "metric_for_best: expected one of"),
+    ({"qa": {"train_articles": 48}}, "train_articles: expected 1..47"),
+])
+def test_qa_spec_mistakes_exit_2(tmp_path, override, message):
+    path = write_spec(tmp_path / "qa.yaml", qa_spec(tmp_path / "run", **override))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_classification_spec_refuses_a_qa_section(tmp_path):
+    from tests.conftest import tiny_spec
+
+    raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv")
+    raw["qa"] = {"doc_stride": 16}
+    result = run_cli("validate", str(write_spec(tmp_path / "c.yaml", raw)), "--no-check-data")
+    assert result.returncode == 2 and "qa section only applies to task 'extractive_qa'" in result.stderr
+
+
+def first_sentence(context: str) -> str:
+    return re.split(r"(?<=[.!?])\s", context, maxsplit=1)[0]
+
+
+def random_span(context: str, rng: random.Random) -> str:
+    words = context.split()
+    start = rng.randrange(len(words))
+    return " ".join(words[start:start + rng.randint(1, 5)])
+
+
+@pytest.mark.slow
+def test_minilm_on_held_out_xquad_articles_beats_trivial_baselines(tmp_path):
+    """One epoch (the shipped config trains 3): EM/F1 on the 16 held-out articles, with the first-sentence
+    and random-span baselines scored on the same questions by the same metric."""
+    out = tmp_path / "xquad"
+    result = run_cli("train", str(ROOT / "configs" / "xquad-minilm-full.yaml"), "--no-progress", f"output_dir={out}",
+                     "training.epochs=1", timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, held_out = split_by_article(read_questions(XQUAD), 32)
+    golds = {q.id: q.answers for q in held_out}
+    rng = random.Random(0)
+    baselines = {"first sentence": squad_scores({q.id: first_sentence(q.context) for q in held_out}, golds),
+                 "random span": squad_scores({q.id: random_span(q.context, rng) for q in held_out}, golds)}
+    best_f1 = max(b["f1"] for b in baselines.values())
+    ours = metrics["eval"]
+    print(f"XQuAD 16 held-out articles, 1 epoch: EM {ours['exact_match']:.1f} F1 {ours['f1']:.1f}; baselines "
+          + ", ".join(f"{k} EM {v['exact_match']:.1f} F1 {v['f1']:.1f}" for k, v in baselines.items()))
+    assert ours["total"] == len(held_out) == metrics["data"]["eval_questions"]
+    assert ours["f1"] >= best_f1 + 10 and ours["exact_match"] >= 8
