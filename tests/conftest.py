@@ -57,6 +57,16 @@ def write_spec(path: Path, spec: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def sst2_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The same 160 training and 64 eval rows of real SST-2 as small_sst2, written once per session."""
+    tmp = tmp_path_factory.mktemp("sst2-files")
+    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
+    (tmp / "train.tsv").write_text("\n".join(lines[:161]) + "\n")
+    (tmp / "dev.tsv").write_text("\n".join(lines[:1] + lines[1001:1065]) + "\n")
+    return tmp / "train.tsv", tmp / "dev.tsv"
+
+
 @pytest.fixture
 def small_sst2(tmp_path, sst2_rows) -> tuple[Path, Path]:
     """160 training and 64 eval rows of real SST-2 as TSV files."""

@@ -50,14 +50,8 @@ def reference(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-def module_sst2(tmp_path_factory):
-    from tests.conftest import DATA
-
-    tmp = tmp_path_factory.mktemp("data")
-    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
-    (tmp / "train.tsv").write_text("\n".join(lines[:161]) + "\n")
-    (tmp / "dev.tsv").write_text("\n".join(lines[:1] + lines[1001:1065]) + "\n")
-    return tmp / "train.tsv", tmp / "dev.tsv"
+def module_sst2(sst2_files):
+    return sst2_files
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))

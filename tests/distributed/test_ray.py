@@ -66,14 +66,8 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    from tests.conftest import DATA
-
-    tmp = tmp_path_factory.mktemp("ray-data")
-    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
-    (tmp / "train.tsv").write_text("\n".join(lines[:161]) + "\n")
-    (tmp / "dev.tsv").write_text("\n".join(lines[:1] + lines[1001:1065]) + "\n")
-    return tmp / "train.tsv", tmp / "dev.tsv"
+def rows(sst2_files):
+    return sst2_files
 
 
 def spec_for(tmp_path, rows, name, distributed, ray_address=None, steps=STEPS, **resources) -> Path:
