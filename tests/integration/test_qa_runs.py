@@ -75,11 +75,12 @@ def random_span(context: str, rng: random.Random) -> str:
 
 @pytest.mark.slow
 def test_minilm_on_held_out_xquad_articles_beats_trivial_baselines(tmp_path):
-    """One epoch (the shipped config trains 3): EM/F1 on the 16 held-out articles, with the first-sentence
-    and random-span baselines scored on the same questions by the same metric."""
+    """Two epochs (the shipped config trains 3; measured 2 epochs: EM 19.0, F1 31.3): EM/F1 on the 16 held-out
+    articles, with the first-sentence and random-span baselines scored on the same questions by the same metric
+    (first sentence: EM 0.0, F1 8.3; random span: EM 0.0, F1 3.7)."""
     out = tmp_path / "xquad"
     result = run_cli("train", str(ROOT / "configs" / "xquad-minilm-full.yaml"), "--no-progress", f"output_dir={out}",
-                     "training.epochs=1", timeout=1800)
+                     "training.epochs=2", timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     _, held_out = split_by_article(read_questions(XQUAD), 32)
@@ -89,7 +90,7 @@ def test_minilm_on_held_out_xquad_articles_beats_trivial_baselines(tmp_path):
                  "random span": squad_scores({q.id: random_span(q.context, rng) for q in held_out}, golds)}
     best_f1 = max(b["f1"] for b in baselines.values())
     ours = metrics["eval"]
-    print(f"XQuAD 16 held-out articles, 1 epoch: EM {ours['exact_match']:.1f} F1 {ours['f1']:.1f}; baselines "
+    print(f"XQuAD 16 held-out articles, 2 epochs: EM {ours['exact_match']:.1f} F1 {ours['f1']:.1f}; baselines "
           + ", ".join(f"{k} EM {v['exact_match']:.1f} F1 {v['f1']:.1f}" for k, v in baselines.items()))
     assert ours["total"] == len(held_out) == metrics["data"]["eval_questions"]
-    assert ours["f1"] >= best_f1 + 10 and ours["exact_match"] >= 8
+    assert ours["f1"] >= best_f1 + 15 and ours["exact_match"] >= 12
