@@ -12,7 +12,7 @@ from pathlib import Path
 from tlscale.errors import ConfigError
 
 TINY_ARCHS = ("bert", "gpt2", "llama")
-VERSION = 2  # bump when the configs change: cached folders are keyed by it
+VERSION = 3  # bump when the configs change: cached folders are keyed by it
 
 
 def tiny_model_dir(arch: str) -> Path:
@@ -51,6 +51,8 @@ def build_tiny_model(arch: str, path: Path) -> Path:
     with torch.random.fork_rng():  # the same weights every time, and the caller's RNG untouched
         torch.manual_seed(0)
         model_class(config).save_pretrained(tmp)
+    if arch != "bert":  # decoder-style: examples end with EOS ([SEP] of this vocabulary), start with BOS ([CLS])
+        tokenizer.eos_token, tokenizer.bos_token = tokenizer.sep_token, tokenizer.cls_token
     tokenizer.save_pretrained(tmp)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # another process built it meanwhile
