@@ -53,4 +53,5 @@ def new_head_modules(model: nn.Module) -> list[str]:
     a strategy adds (classifier, qa_outputs). A language-model head tied to the embeddings is not new."""
     base = {id(p) for p in model.base_model.parameters()}
     return [name for name, child in model.named_children()
-            if name != model.base_model_prefix and any(id(p) not in base for p in child.parameters())]
+            if name not in (model.base_model_prefix, "lm_head")  # an LM head is pretrained, not new
+            and any(id(p) not in base for p in child.parameters())]

@@ -123,7 +123,15 @@ def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict
 def build_qa_model(spec: ModelSpec, load_options: dict | None = None):
     """Pretrained backbone + a fresh span head (start/end logits per token): transformers'
     *ForQuestionAnswering for BERT-, GPT-2- and Llama-shaped models."""
-    from transformers import AutoConfig, AutoModelForQuestionAnswering
+    from transformers import AutoModelForQuestionAnswering
+
+    return _load_with_head(AutoModelForQuestionAnswering, spec, load_options)
+
+
+def _load_with_head(auto_class, spec: ModelSpec, load_options: dict | None):
+    """from_pretrained through a transformers Auto*For* class, with the spec's dropout and a k-bit base made
+    safe for CPU evaluation."""
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(spec.name_or_path)
@@ -135,9 +143,9 @@ def build_qa_model(spec: ModelSpec, load_options: dict | None = None):
     if config.pad_token_id is None and getattr(config, "eos_token_id", None) is not None:
         overrides["pad_token_id"] = config.eos_token_id
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the load report lists the new, untrained qa_outputs head
+    hf_logging.set_verbosity_error()  # the load report lists the new, untrained head
     try:
-        model = AutoModelForQuestionAnswering.from_pretrained(path, **overrides, **(load_options or {}))
+        model = auto_class.from_pretrained(path, **overrides, **(load_options or {}))
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     finally:
@@ -147,6 +155,13 @@ def build_qa_model(spec: ModelSpec, load_options: dict | None = None):
 
         disable_cpu_repacking(model)
     return model
+
+
+def build_causal_lm(spec: ModelSpec, load_options: dict | None = None):
+    """A GPT-class model with its language-model head (AutoModelForCausalLM)."""
+    from transformers import AutoModelForCausalLM
+
+    return _load_with_head(AutoModelForCausalLM, spec, load_options)
 
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "resid_pdrop", "embd_pdrop", "attn_pdrop",

@@ -211,8 +211,16 @@ class QaSpec(Section):
         None, description="Without data.eval_file: the first N articles of a SQuAD JSON train, the rest evaluate.")
 
 
+class LMSpec(Section):
+    """causal_lm: packing and sampled generations."""
+
+    packing: bool = Field(False, description="Several examples per training sequence (block-diagonal attention).")
+    generations: int = Field(4, ge=0, description="Held-out prompts to sample completions for (generations.jsonl).")
+    max_new_tokens: PositiveInt = 32
+
+
 class JobSpec(Section):
-    task: str = Field("text_classification", description="text_classification | extractive_qa")
+    task: str = Field("text_classification", description="text_classification | extractive_qa | causal_lm")
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
         "ray: resources.num_workers Ray Train workers on a Ray cluster.")
@@ -226,6 +234,7 @@ class JobSpec(Section):
     distributed: DistributedSpec = DistributedSpec()
     resources: ResourcesSpec = ResourcesSpec()
     qa: QaSpec = QaSpec()
+    lm: LMSpec = LMSpec()
 
     @field_validator("task")
     @classmethod
@@ -244,6 +253,8 @@ class JobSpec(Section):
     def _task_coherent(self) -> JobSpec:
         if self.task != "extractive_qa" and self.qa != QaSpec():
             raise ValueError(f"the qa section only applies to task 'extractive_qa', not '{self.task}'")
+        if self.task != "causal_lm" and self.lm != LMSpec():
+            raise ValueError(f"the lm section only applies to task 'causal_lm', not '{self.task}'")
         if self.task == "extractive_qa":
             if self.qa.doc_stride >= self.model.max_length // 2:
                 raise ValueError(f"qa.doc_stride must be below model.max_length / 2 ({self.model.max_length // 2}), "

@@ -42,6 +42,11 @@ class Task:
         """A padded batch with labels and an `index` tensor naming the examples."""
         raise NotImplementedError
 
+    def weight(self, dataset, indices: list[int]) -> int:
+        """How many items the model's mean loss of this batch averages over (examples; tokens for LMs).
+        The loop weights each rank's loss by it, so N processes compute one process's gradient."""
+        return len(indices)
+
     def evaluate(self, accelerator, model, data: TaskData, run, pad_id: int, feature_cache=None,
                  write_files: bool = False) -> dict:
         raise NotImplementedError

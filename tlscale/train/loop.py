@@ -196,10 +196,11 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                 group = batches[position:position + training.grad_accum_steps]
                 position += len(group)
                 group_size = sum(len(indices) for indices in group)
+                group_weight = sum(task.weight(train_set, indices) for indices in group)
                 local = [shard_global_batches(indices, rank, world) for indices in group]
-                running_loss += _forward_backward(accelerator, model, task, train_set, local, group_size, pad_id,
+                running_loss += _forward_backward(accelerator, model, task, train_set, local, group_weight, pad_id,
                                                   train_cache, deepspeed_gas=_ds_gas(dist, training))
-                running_count += sum(len(indices) for indices in local)
+                running_count += sum(task.weight(train_set, indices) for indices in local)
                 if training.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
                 optimizer.step()
@@ -331,13 +332,13 @@ def _ds_gas(dist, training) -> int:
     return training.grad_accum_steps if dist.backend == "deepspeed" else 1
 
 
-def _forward_backward(accelerator, model, task, train_set, local_group: list[list[int]], global_size: int,
+def _forward_backward(accelerator, model, task, train_set, local_group: list[list[int]], global_weight: int,
                       pad_id: int, cache, deepspeed_gas: int = 1) -> float:
     """Gradients of one optimizer step. Each rank's micro-batch loss is weighted so that, after the
     backend averages over ranks (and DeepSpeed divides by accumulation steps), the gradient is that of
     the mean loss over the whole global group: the same as one process would compute."""
     total = 0.0
-    scale = accelerator.num_processes * deepspeed_gas / global_size
+    scale = accelerator.num_processes * deepspeed_gas / max(global_weight, 1)
     for i, indices in enumerate(local_group):
         last = i == len(local_group) - 1
         accelerator.sync_gradients = last  # DeepSpeed steps only at the boundary
@@ -349,8 +350,9 @@ def _forward_backward(accelerator, model, task, train_set, local_group: list[lis
             if cache is not None:
                 batch = cache.inputs(model, batch, index)
             loss = model(**batch).loss
-            accelerator.backward(loss * len(indices) * scale)
-        total += loss.item() * len(indices)
+            weight = task.weight(train_set, indices)  # what the model's mean loss averages over
+            accelerator.backward(loss * weight * scale)
+        total += loss.item() * weight
     accelerator.sync_gradients = True
     return total
 
