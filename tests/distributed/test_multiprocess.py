@@ -208,3 +208,24 @@ def test_extractive_qa_under_two_process_deepspeed_matches_one_process(tmp_path)
     b = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert b["saved_model_verified"] is True and b["eval"]["total"] == a["eval"]["total"] == 32
     assert b["eval"]["f1"] == pytest.approx(a["eval"]["f1"], abs=2.0)
+
+
+def test_causal_lm_under_two_process_deepspeed_matches_one_process(tmp_path):
+    """Per-rank losses are weighted by label tokens, so 2 ranks reproduce 1 process's token-mean loss."""
+    from tests.integration.test_causal_lm_runs import lm_spec
+
+    common = {"model": {"name_or_path": "tiny:gpt2", "max_length": 64, "dropout": 0.0},
+              "training": {"max_steps": 4, "log_every_steps": 1}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one = write_spec(tmp_path / "one.yaml", {**lm_spec(tmp_path / "a", "gpt2", False, **common)})
+    two = write_spec(tmp_path / "two.yaml", {**lm_spec(tmp_path / "b", "gpt2", False, **common,
+                                                       distributed={"backend": "deepspeed", "zero_stage": 2,
+                                                                    "num_processes": 2})})
+    train_ok(one)
+    train_ok(two)
+    assert losses(tmp_path / "b" / "run") == pytest.approx(losses(tmp_path / "a" / "run"), abs=2e-3)
+    a = json.loads((tmp_path / "a" / "run" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
+    assert b["saved_model_verified"] is True and b["eval"]["tokens"] == a["eval"]["tokens"]
+    assert b["eval"]["loss"] == pytest.approx(a["eval"]["loss"], abs=2e-3)
