@@ -55,6 +55,16 @@ class Task:
         return " ".join(f"{k}={metrics[k]:.4f}" for k in self.metrics if isinstance(metrics.get(k), float))
 
 
+def seeded_sample(items: list, limit: int | None, seed: int) -> list:
+    """A seeded sample of limit items (data.limit / data.eval_limit), original order kept."""
+    if limit is None or limit >= len(items):
+        return items
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
 def gather_rows(accelerator, score, batches: list[list[int]], n: int) -> torch.Tensor:
     """Each rank scores its share of the batches (score(indices) -> (index, rows)); rows are gathered and
     placed by example index, so nothing is dropped or counted twice. Every rank runs as many forwards

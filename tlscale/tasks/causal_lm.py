@@ -9,7 +9,7 @@ import torch
 
 from tlscale.data.batching import sequential_batches
 from tlscale.data.causal_lm import IGNORE, collate_lm, label_tokens, pack, read_lm_records, tokenize_lm
-from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
+from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 
 
 @TASKS.register("causal_lm")
@@ -29,8 +29,8 @@ class CausalLM(Task):
             random.Random(spec.seed).shuffle(order)
             cut = max(1, round(len(records) * spec.data.eval_fraction))
             held_out, train = [records[i] for i in sorted(order[:cut])], [records[i] for i in sorted(order[cut:])]
-        train = _sample(train, spec.data.limit, spec.seed)
-        held_out = _sample(held_out, spec.data.eval_limit, spec.seed)
+        train = seeded_sample(train, spec.data.limit, spec.seed)
+        held_out = seeded_sample(held_out, spec.data.eval_limit, spec.seed)
         train_set = tokenize_lm(train, tokenizer, spec.model.max_length)
         eval_set = tokenize_lm(held_out, tokenizer, spec.model.max_length)
         examples = len(train_set)
@@ -99,9 +99,3 @@ class CausalLM(Task):
         return (f"eval loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.2f}  "
                 f"({metrics['num_examples']} examples, {metrics['tokens']} tokens)")
 
-
-def _sample(items, limit, seed):
-    if limit is None or limit >= len(items):
-        return items
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]

@@ -10,7 +10,7 @@ from tlscale.data.qa import drop_misaligned, read_questions, split_by_article
 from tlscale.data.qa_windows import make_windows
 from tlscale.errors import DataError
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
-from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
+from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 
 PAD_LOGIT = -1e4
 
@@ -35,8 +35,8 @@ class ExtractiveQA(Task):
         train, skipped = drop_misaligned(train)
         if not train:
             raise DataError(f"{spec.data.train_file}: no training question has its answer at answer_start")
-        train = _sample(train, spec.data.limit, spec.seed)
-        held_out = _sample(held_out, spec.data.eval_limit, spec.seed)
+        train = seeded_sample(train, spec.data.limit, spec.seed)
+        held_out = seeded_sample(held_out, spec.data.eval_limit, spec.seed)
         max_length = spec.model.max_length
         train_windows = make_windows(train, tokenizer, max_length, qa.doc_stride)
         eval_windows = make_windows(held_out, tokenizer, max_length, qa.doc_stride)
@@ -89,15 +89,4 @@ class ExtractiveQA(Task):
     def headline(self, metrics: dict) -> str:
         return (f"eval exact match {metrics['exact_match']:.2f}  F1 {metrics['f1']:.2f}  "
                 f"({metrics['num_examples']} questions, {metrics['windows']} windows)")
-
-
-def _sample(questions, limit, seed):
-    """A seeded sample of questions (data.limit / data.eval_limit), order kept."""
-    if limit is None or limit >= len(questions):
-        return questions
-    import random
-
-    keep = sorted(random.Random(seed).sample(range(len(questions)), limit))
-    return [questions[i] for i in keep]
-
 
