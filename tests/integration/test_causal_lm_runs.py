@@ -59,3 +59,32 @@ def test_lora_on_a_causal_lm_keeps_the_pretrained_head_frozen(tmp_path):
     config = json.loads((tmp_path / "run" / "model-adapter" / "adapter_config.json").read_text())
     assert not config.get("modules_to_save")  # the LM head is pretrained: not retrained, not saved
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["saved_model_verified"] is True
+
+
+def test_shipped_sft_config_trains_generates_and_reevaluates(tmp_path):
+    """configs/sft-tiny-gpt2.yaml end to end: the label words are learned (eval loss near ln 2 / 2: EOS
+    certain, the sentiment a coin flip for a random tiny model), `tlscale eval` on the saved model reproduces
+    the training run's figures, `tlscale generate` answers with a label word, predict points to generate."""
+    from tests.conftest import ROOT
+
+    run = tmp_path / "run"
+    result = run_cli("train", str(ROOT / "configs" / "sft-tiny-gpt2.yaml"), f"output_dir={run}", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((run / "metrics.json").read_text())["eval"]
+    assert trained["loss"] < 1.0 and trained["num_examples"] == 48
+    result = run_cli("eval", str(ROOT / "configs" / "sft-tiny-gpt2.yaml"), f"output_dir={run}",
+                     "--checkpoint", str(run / "model"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((run / "eval" / "metrics.json").read_text())["eval"]
+    assert again["loss"] == pytest.approx(trained["loss"], abs=1e-5) and again["tokens"] == trained["tokens"]
+    assert (run / "eval" / "generations.jsonl").is_file()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Review: a gorgeous , witty film\nSentiment:"}) + "\n")
+    result = run_cli("generate", "--checkpoint", str(run), "--input", str(prompts), "--output",
+                     str(tmp_path / "out.jsonl"), "--max-new-tokens", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    completion = json.loads((tmp_path / "out.jsonl").read_text())["completion"]
+    assert completion.strip() in {"positive", "negative"}, completion
+    result = run_cli("predict", "--checkpoint", str(run / "model"), "--input", str(prompts), "--output",
+                     str(tmp_path / "p.jsonl"))
+    assert result.returncode == 2 and "tlscale generate" in result.stderr and "Traceback" not in result.stderr

@@ -42,6 +42,22 @@ def test_tiny_qa_run_trains_scores_and_saves(tmp_path):
 
     AutoModelForQuestionAnswering.from_pretrained(tmp_path / "run" / "model")  # plain transformers loads it
 
+    # `tlscale eval` on the saved model reproduces the run's final scores; `predict` answers questions
+    # that come without gold answers, and gives the answers the evaluation gave.
+    result = run_cli("eval", str(path), "--checkpoint", str(tmp_path / "run" / "model"))
+    assert result.returncode == 0 and "eval exact match" in result.stdout, result.stderr[-3000:]
+    again = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["eval"]
+    assert again["f1"] == pytest.approx(metrics["eval"]["f1"]) and again["exact_match"] == metrics["eval"]["exact_match"]
+    by_id = {q.id: q for q in read_questions(XQUAD)}
+    asked = tmp_path / "questions.jsonl"
+    asked.write_text("".join(json.dumps({"id": p["id"], "question": by_id[p["id"]].question,
+                                         "context": by_id[p["id"]].context}) + "\n" for p in predictions[:8]))
+    result = run_cli("predict", "--checkpoint", str(tmp_path / "run" / "model"), "--input", str(asked),
+                     "--output", str(tmp_path / "answers.jsonl"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    answers = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [a["answer"] for a in answers] == [p["prediction"] for p in predictions[:8]]
+
 
 @pytest.mark.parametrize("override,message", [
     ({"qa": {"doc_stride": 64}}, "qa.doc_stride must be below model.max_length / 2"),

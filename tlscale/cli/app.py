@@ -121,8 +121,13 @@ def eval_command(spec: SpecArg, overrides: Overrides = None,
 
     job = _load(spec, overrides)
     result = evaluate_checkpoint(job, checkpoint, output_dir)
-    out.print(f"accuracy={result['accuracy']:.4f} f1_macro={result['f1_macro']:.4f} ece={result['ece']:.4f} "
-              f"({result['num_examples']} examples) -> {result['output_dir']}")
+    if job.task == "text_classification":
+        out.print(f"accuracy={result['accuracy']:.4f} f1_macro={result['f1_macro']:.4f} ece={result['ece']:.4f} "
+                  f"({result['num_examples']} examples) -> {result['output_dir']}")
+    else:
+        from tlscale.tasks import build_task
+
+        out.print(f"{build_task(job).headline(result)} -> {result['output_dir']}")
 
 
 @app.command()
@@ -133,11 +138,52 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
             text_column: Annotated[Optional[str], typer.Option(help="Default: the training spec's.")] = None,
             text_pair_column: Annotated[Optional[str], typer.Option()] = None,
             batch_size: int = 64):
-    """Label and class probabilities for every row of a file."""
+    """Label and class probabilities for every row of a file (extractive QA: the answer to every question)."""
     from tlscale.runners.evaluate import predict_file
 
     count = predict_file(checkpoint, input, output, text_column, text_pair_column, batch_size)
     out.print(f"{count} predictions -> {output}")
+
+
+@app.command()
+@user_errors
+def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (RUN/model) or its run folder.")],
+             prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt; repeat for several.")] = None,
+             input: Annotated[Optional[Path], typer.Option("--input", help="A file with a 'prompt' column.")] = None,
+             output: Annotated[Optional[Path], typer.Option("--output", help="Write prompt/completion jsonl.")] = None,
+             chat: Annotated[bool, typer.Option(help="Wrap each prompt as a user turn with the chat template.")] = False,
+             max_new_tokens: int = 64,
+             temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
+             top_p: float = 1.0,
+             seed: int = 0,
+             stop: Annotated[Optional[list[str]], typer.Option(help="Cut at this text; repeatable.")] = None):
+    """Completions from a fine-tuned causal LM, for a quick look."""
+    from tlscale.errors import ConfigError
+    from tlscale.runners.generate import Sampling, chat_prompt, complete, load_causal_lm, read_prompts
+
+    prompts = list(prompt or []) + (read_prompts(input) if input else [])
+    if not prompts:
+        raise ConfigError("generate: give --prompt TEXT (repeatable) or --input FILE")
+    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"generate: expected --max-new-tokens >= 1, --temperature >= 0 and 0 < --top-p <= 1; "
+                          f"found {max_new_tokens}, {temperature}, {top_p}")
+    if output is not None and input is not None and output.resolve() == input.resolve():
+        raise ConfigError(f"--output: '{output}' is the input file; refusing to overwrite your data")
+    model, tokenizer = load_causal_lm(checkpoint)
+    shown = [chat_prompt(tokenizer, p) for p in prompts] if chat else prompts
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                        stop=list(stop or []))
+    completions = complete(model, tokenizer, shown, sampling)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n"
+                                  for p, c in zip(prompts, completions)))
+        out.print(f"{len(completions)} completions -> {output}")
+    else:
+        from rich.markup import escape
+
+        for p, c in zip(prompts, completions):  # the prompt dim, the model's words bold
+            out.print(f"[dim]{escape(p)}[/][bold]{escape(c)}[/]", markup=True)
 
 
 @app.command()

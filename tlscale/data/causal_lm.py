@@ -98,7 +98,7 @@ def tokenize_lm(records: list[LMRecord], tokenizer, max_length: int) -> LMExampl
     if tokenizer.eos_token_id is None:
         raise DataError("model.name_or_path: the tokenizer has no EOS token; causal_lm needs one to end examples")
     out = LMExamples()
-    prefix = _leading_special_tokens(tokenizer)
+    prefix = leading_special_tokens(tokenizer)
     for record in records:
         prompt = prefix + tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
         completion = tokenizer(record.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -115,7 +115,12 @@ def tokenize_lm(records: list[LMRecord], tokenizer, max_length: int) -> LMExampl
     return out
 
 
-def _leading_special_tokens(tokenizer) -> list[int]:
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """A prompt tokenized exactly as training saw it (generation must continue the same ids)."""
+    return leading_special_tokens(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
     """What the tokenizer itself puts before a text (Llama: BOS; GPT-2: nothing), without its trailers."""
     with_special = tokenizer("a")["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]

@@ -31,16 +31,17 @@ class Question:
         return all(self.context[s:s + len(a)] == a for a, s in zip(self.answers, self.starts))
 
 
-def read_questions(path: Path) -> list[Question]:
+def read_questions(path: Path, need_answers: bool = True) -> list[Question]:
+    """need_answers=False: questions to answer (`tlscale predict`), gold answers optional."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.suffix == ".json":
-        return _read_squad_json(path)
-    return _read_flat(path)
+        return _read_squad_json(path, need_answers)
+    return _read_flat(path, need_answers)
 
 
-def _read_squad_json(path: Path) -> list[Question]:
+def _read_squad_json(path: Path, need_answers: bool) -> list[Question]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -55,14 +56,14 @@ def _read_squad_json(path: Path) -> list[Question]:
                 where = f"{path}:data[{a}].paragraphs[{p}].qas[{q}]"
                 raw = {"id": qa.get("id"), "question": qa.get("question"), "context": context,
                        "answers": qa.get("answers", []), "is_impossible": qa.get("is_impossible", False)}
-                question = _question(raw, a, where, problems)
+                question = _question(raw, a, where, problems, need_answers)
                 if question is not None:
                     questions.append(question)
     _raise_if(problems, path)
     return questions
 
 
-def _read_flat(path: Path) -> list[Question]:
+def _read_flat(path: Path, need_answers: bool) -> list[Question]:
     from tlscale.data.readers import read_table
 
     table = read_table(path, "auto")
@@ -76,14 +77,14 @@ def _read_flat(path: Path) -> list[Question]:
             except json.JSONDecodeError:
                 problems.append(f"{where}: answers: expected JSON such as {{\"text\": [...], \"answer_start\": [...]}}")
                 continue
-        question = _question(raw, -1, where, problems)
+        question = _question(raw, -1, where, problems, need_answers)
         if question is not None:
             questions.append(question)
     _raise_if(problems, path)
     return questions
 
 
-def _question(raw: dict, article: int, where: str, problems: list[str]) -> Question | None:
+def _question(raw: dict, article: int, where: str, problems: list[str], need_answers: bool = True) -> Question | None:
     qid = raw.get("id")
     label = f"{where} (id {qid})" if qid is not None else where
     missing = [k for k in ("question", "context") if not isinstance(raw.get(k), str) or not raw.get(k).strip()]
@@ -95,7 +96,7 @@ def _question(raw: dict, article: int, where: str, problems: list[str]) -> Quest
         problems.append(f"{label}: answers: expected a list of {{text, answer_start}} or {{text: [...], "
                         f"answer_start: [...]}}, found {type(raw.get('answers')).__name__}")
         return None
-    if not texts and not _truthy(raw.get("is_impossible")) and "answers" not in raw:
+    if need_answers and not texts and not _truthy(raw.get("is_impossible")) and "answers" not in raw:
         problems.append(f"{label}: missing answers")
         return None
     return Question(id=str(qid if qid is not None else where), question=raw["question"].strip(),

@@ -16,7 +16,8 @@ from tlscale.train.checkpoints import write_json_atomic
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
     from tlscale.models import load_trained_classifier
 
-    _classification_only(spec.task, "eval")
+    if spec.task != "text_classification":
+        return evaluate_task_checkpoint(spec, checkpoint, output_dir)
     model, tokenizer, label_names = load_trained_classifier(checkpoint)
     examples, encoded, probs, metrics = score_on_eval_data(model, tokenizer, label_names, spec)
     out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
@@ -60,8 +61,17 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     from tlscale.models import load_trained_classifier
     from tlscale.spec.schema import DataSpec
 
+    saved = _training_spec(Path(checkpoint), yaml)
+    task = saved.get("task", "text_classification")
+    if task == "extractive_qa":
+        return predict_answers(checkpoint, input_file, output_file, saved, batch_size)
+    if task != "text_classification":
+        from tlscale.errors import ConfigError
+
+        raise ConfigError(f"--checkpoint: a {task} model; use `tlscale generate --checkpoint {checkpoint} "
+                          f"--input {input_file}` for completions")
     model, tokenizer, label_names = load_trained_classifier(checkpoint)
-    trained = _training_data_spec(Path(checkpoint), yaml)
+    trained = saved.get("data", {})
     data_spec = DataSpec(
         train_file=Path(input_file),
         text_column=text_column or trained.get("text_column", "text"),
@@ -72,23 +82,108 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     encoded.labels = []
     probs = predict_probabilities(model, encoded, batch_size, tokenizer.pad_token_id, torch.device("cpu"))
     output_file = Path(output_file)
-    if output_file.resolve() == Path(input_file).resolve():
-        raise DataError(f"--output: '{output_file}' is the input file; refusing to overwrite your data")
+    _refuse_overwriting_input(output_file, input_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, examples.texts, probs, label_names, None, examples.where)
     return len(examples)
 
 
-def _classification_only(task: str, command: str) -> None:
-    if task != "text_classification":
-        from tlscale.errors import ConfigError
-
-        raise ConfigError(f"task: `tlscale {command}` supports text_classification so far, found '{task}'; "
-                          "training evaluates extractive_qa at the end (metrics.json, predictions.jsonl)")
+ARCHITECTURE_SUFFIXES = {"AutoModelForQuestionAnswering": ("ForQuestionAnswering",),
+                         "AutoModelForCausalLM": ("ForCausalLM", "LMHeadModel")}
 
 
-def _training_data_spec(checkpoint: Path, yaml) -> dict:
+def evaluate_task_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
+    """QA, causal LM and later tasks: the task's own evaluation, as at the end of training, on a saved model."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from tlscale.tasks import build_task
+
+    task = build_task(spec)
+    model, tokenizer = load_task_model(checkpoint, task.auto_class)
+    tokenizer.model_max_length = spec.model.max_length
+    data = task.prepare(tokenizer)
+    out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = task.evaluate(Accelerator(), model, data, SimpleNamespace(path=out), tokenizer.pad_token_id,
+                            write_files=True)
+    write_json_atomic(out / "metrics.json", {"task": spec.task, "checkpoint": str(checkpoint), "eval": metrics})
+    return {"output_dir": str(out), **metrics}
+
+
+def load_task_model(checkpoint: str | Path, auto_class: str):
+    """(model, tokenizer) from a saved folder, or the run folder holding RUN/model; the saved architecture
+    must be the task's (a QA model is not evaluated as a language model)."""
+    import transformers
+
+    from tlscale.errors import ConfigError
+    from tlscale.models.loading import quiet_loading
+
+    folder = Path(checkpoint)
+    if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
+        folder = folder / "model"
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
+    architectures = transformers.AutoConfig.from_pretrained(folder).architectures or []
+    wanted = ARCHITECTURE_SUFFIXES.get(auto_class)
+    if wanted and not any(a.endswith(wanted) for a in architectures):
+        raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}; "
+                          f"this task needs a *{' / *'.join(wanted)} model")
+    quiet_loading()
+    model = getattr(transformers, auto_class).from_pretrained(folder).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def predict_answers(checkpoint: str | Path, input_file: str | Path, output_file: str | Path, trained: dict,
+                    batch_size: int = 64) -> int:
+    """extractive_qa: the best answer span for each question of a SQuAD JSON or flat jsonl/csv file
+    (gold answers optional), with the window settings the model was trained with."""
+    import json
+
+    from tlscale.data.qa import read_questions
+    from tlscale.data.qa_windows import make_windows
+    from tlscale.eval.qa_evaluation import window_logits
+    from tlscale.eval.qa_answers import best_answers
+    from tlscale.spec.schema import QaSpec
+
+    qa = QaSpec(**trained.get("qa", {}))
+    model, tokenizer = load_task_model(checkpoint, "AutoModelForQuestionAnswering")
+    max_length = trained.get("model", {}).get("max_length", 384)
+    questions = read_questions(Path(input_file), need_answers=False)
+    windows = make_windows(questions, tokenizer, max_length, qa.doc_stride)
+    logits = window_logits(model, windows, list(range(len(windows))), tokenizer.pad_token_id, batch_size,
+                           torch.device("cpu"), accepts_token_types="token_type_ids" in tokenizer.model_input_names)
+    answers = best_answers(questions, windows, [logits[i][0] for i in range(len(windows))],
+                           [logits[i][1] for i in range(len(windows))], n_best=qa.n_best,
+                           max_answer_tokens=qa.max_answer_tokens,
+                           null_threshold=qa.null_threshold if qa.version == "v2" else None)
+    _refuse_overwriting_input(output_file, input_file)
+    rows = [{"id": q.id, "question": q.question, "answer": answers[q.id], "source": q.where} for q in questions]
+    _write_jsonl(Path(output_file), rows, json)
+    return len(rows)
+
+
+def _refuse_overwriting_input(output_file, input_file) -> None:
+    if Path(output_file).resolve() == Path(input_file).resolve():
+        raise DataError(f"--output: '{output_file}' is the input file; refusing to overwrite your data")
+
+
+def _write_jsonl(path: Path, rows: list[dict], json) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def _training_spec(checkpoint: Path, yaml) -> dict:
+    """The spec a saved model was trained with (tlscale writes it beside the weights)."""
     spec_file = checkpoint / "tlscale_spec.yaml"
+    if not spec_file.is_file() and (checkpoint / "model" / "tlscale_spec.yaml").is_file():
+        spec_file = checkpoint / "model" / "tlscale_spec.yaml"
     if not spec_file.is_file():
         return {}
-    return (yaml.safe_load(spec_file.read_text()) or {}).get("data", {})
+    return yaml.safe_load(spec_file.read_text()) or {}

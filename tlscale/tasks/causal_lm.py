@@ -79,21 +79,13 @@ class CausalLM(Task):
 
     def _write_generations(self, model, tokenizer, eval_set, path, accelerator) -> None:
         """A few sampled completions of held-out prompts, beside the metrics."""
+        from tlscale.runners.generate import Sampling, complete
+
         lm = self.spec.lm
-        rows = []
-        for i in range(min(lm.generations, len(eval_set))):
-            prompt_ids = [t for t, label in zip(eval_set.input_ids[i], eval_set.labels[i]) if label == IGNORE]
-            if not prompt_ids:
-                continue
-            torch.manual_seed(self.spec.seed + i)
-            output = model.generate(torch.tensor([prompt_ids], device=accelerator.device),
-                                    attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long,
-                                                              device=accelerator.device),
-                                    max_new_tokens=lm.max_new_tokens, do_sample=True, top_p=0.9, temperature=0.8,
-                                    pad_token_id=tokenizer.pad_token_id)
-            rows.append({"prompt": eval_set.prompts[i],
-                         "generated": tokenizer.decode(output[0, len(prompt_ids):], skip_special_tokens=True)})
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prompts = [p for p in eval_set.prompts if p][:lm.generations]
+        sampling = Sampling(max_new_tokens=lm.max_new_tokens, temperature=0.8, top_p=0.9, seed=self.spec.seed)
+        generated = complete(model, tokenizer, prompts, sampling, accelerator.device)
+        path.write_text("".join(json.dumps({"prompt": p, "generated": g}) + "\n" for p, g in zip(prompts, generated)))
 
     def headline(self, metrics: dict) -> str:
         return (f"eval loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.2f}  "

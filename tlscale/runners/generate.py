@@ -1,0 +1,107 @@
+"""Completions from a causal LM: `tlscale generate`, the sampled generations of a causal_lm run, and
+generation-based few-shot prompts. Prompts are tokenized exactly as causal_lm training tokenized them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tlscale.data.causal_lm import prompt_ids
+from tlscale.errors import ConfigError
+from tlscale.models.loading import quiet_loading
+
+CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy: the same text every time
+    top_p: float = 1.0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)  # cut the completion at the first of these
+    batch_size: int = 8
+
+
+def load_causal_lm(checkpoint: str | Path):
+    """(model, tokenizer) from a saved causal-LM folder or the run folder holding one (RUN/model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(checkpoint)
+    if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
+        folder = folder / "model"
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise ConfigError(f"--checkpoint: '{checkpoint}' is a LoRA adapter; use the run's merged model "
+                          f"(RUN/model) or write one with `tlscale export RUN --merge --output DIR`")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
+    architectures = AutoConfig.from_pretrained(folder).architectures or []
+    if not any(a.endswith(CAUSAL_LM_ARCHITECTURES) for a in architectures):
+        raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}, "
+                          "not a causal language model (expected a *ForCausalLM / *LMHeadModel)")
+    quiet_loading()
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts: list[str], sampling: Sampling, device=None) -> list[str]:
+    """One completion per prompt, batched with left padding (generate derives positions from the mask)."""
+    device = device or next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p} \
+        if sampling.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    if sampling.stop:
+        options.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
+    was_training = model.training
+    model.eval()
+    texts = []
+    for first in range(0, len(prompts), sampling.batch_size):
+        encoded = [prompt_ids(tokenizer, p) for p in prompts[first:first + sampling.batch_size]]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, width - len(tokens):] = torch.tensor(tokens)
+            mask[row, width - len(tokens):] = 1
+        torch.manual_seed(sampling.seed + first)
+        output = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
+                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **options)
+        for row in output[:, width:]:
+            texts.append(cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), sampling.stop))
+    model.train(was_training)
+    return texts
+
+
+def cut_at_stop(text: str, stop: list[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
+    return text[:cut]
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    """A user turn rendered with the tokenizer's chat template, ready for the assistant's answer."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("--chat: this model's tokenizer has no chat template; pass plain prompts")
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The `prompt` column of a jsonl/json/csv/tsv/parquet file."""
+    from tlscale.data.readers import read_table
+    from tlscale.errors import DataError
+
+    table = read_table(path, "auto")
+    if "prompt" not in table.columns:
+        raise DataError(f"{path}: expected a 'prompt' column, found {sorted(table.columns)}")
+    prompts = []
+    for record in table.records:
+        value = record.values.get("prompt")
+        if not isinstance(value, str):
+            raise DataError(f"{record.where}: prompt: expected text, found {type(value).__name__}")
+        prompts.append(value)
+    return prompts
