@@ -111,6 +111,19 @@ def train(spec: SpecArg, overrides: Overrides = None,
         out.print(f"{build_task(job).headline(result.metrics['eval'])} -> {result.output_dir / 'metrics.json'}")
 
 
+@app.command()
+@user_errors
+def fewshot(spec: SpecArg, overrides: Overrides = None,
+            overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier fewshot run.")] = False):
+    """Few-shot and zero-shot baselines (no training): prompting or encoder probes over several seeds."""
+    from tlscale.fewshot.runner import results_table, run_fewshot
+
+    job = _load(spec, overrides)
+    metrics = run_fewshot(job, overwrite=overwrite, log=lambda line: err.print(line, highlight=False))
+    Console(width=max(out.width, 100), highlight=False).print(results_table(metrics))
+    out.print(f"-> {job.output_dir / 'metrics.json'}")
+
+
 @app.command("eval")
 @user_errors
 def eval_command(spec: SpecArg, overrides: Overrides = None,

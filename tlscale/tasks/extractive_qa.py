@@ -15,6 +15,25 @@ from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 PAD_LOGIT = -1e4
 
 
+def question_split(spec) -> tuple[list, list, list[str]]:
+    """(training questions, held-out questions, ids of misaligned answers left out of training): the eval
+    file, or the training file split by article; data.limit / eval_limit samples."""
+    questions = read_questions(spec.data.train_file)
+    if spec.data.eval_file is not None:
+        train, held_out = questions, read_questions(spec.data.eval_file)
+    elif spec.qa.train_articles is not None:
+        train, held_out = split_by_article(questions, spec.qa.train_articles)
+    else:
+        raise DataError("data.eval_file: extractive_qa needs an eval file, or qa.train_articles to split the "
+                        "training file by article")
+    train, skipped = drop_misaligned(train)
+    if not train:
+        raise DataError(f"{spec.data.train_file}: no training question has its answer at answer_start")
+    train = seeded_sample(train, spec.data.limit, spec.seed)
+    held_out = seeded_sample(held_out, spec.data.eval_limit, spec.seed)
+    return train, held_out, skipped
+
+
 @TASKS.register("extractive_qa")
 class ExtractiveQA(Task):
     name = "extractive_qa"
@@ -24,19 +43,7 @@ class ExtractiveQA(Task):
 
     def prepare(self, tokenizer) -> TaskData:
         spec, qa = self.spec, self.spec.qa
-        questions = read_questions(spec.data.train_file)
-        if spec.data.eval_file is not None:
-            train, held_out = questions, read_questions(spec.data.eval_file)
-        elif qa.train_articles is not None:
-            train, held_out = split_by_article(questions, qa.train_articles)
-        else:
-            raise DataError("data.eval_file: extractive_qa needs an eval file, or qa.train_articles to split the "
-                            "training file by article")
-        train, skipped = drop_misaligned(train)
-        if not train:
-            raise DataError(f"{spec.data.train_file}: no training question has its answer at answer_start")
-        train = seeded_sample(train, spec.data.limit, spec.seed)
-        held_out = seeded_sample(held_out, spec.data.eval_limit, spec.seed)
+        train, held_out, skipped = question_split(spec)
         max_length = spec.model.max_length
         train_windows = make_windows(train, tokenizer, max_length, qa.doc_stride)
         eval_windows = make_windows(held_out, tokenizer, max_length, qa.doc_stride)

@@ -1,0 +1,110 @@
+"""`tlscale fewshot SPEC`: every seed draws its labelled examples from the training data, a method turns
+them into predictions on the evaluation data, and the shared evaluator scores them; metrics.json holds
+per-seed figures and their mean and standard deviation in the schema of trained runs (`eval.accuracy`, ...)."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from tlscale.errors import ConfigError
+from tlscale.registry import Registry
+from tlscale.spec import JobSpec
+from tlscale.train.checkpoints import write_json_atomic
+
+METHODS: Registry = Registry("fewshot method")
+HEADLINE = {"text_classification": ("accuracy", "f1_macro", "ece"), "extractive_qa": ("exact_match", "f1")}
+WRITTEN = ("metrics.json", "prompts.jsonl")
+
+
+def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
+    if spec.fewshot is None:
+        raise ConfigError("fewshot: the spec has no fewshot section; add one (see `tlscale schema`)")
+    out = _output_dir(Path(spec.output_dir), overwrite)
+    from tlscale.fewshot import methods  # noqa: F401  (registers the methods)
+
+    method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
+    started = time.perf_counter()
+    per_seed: dict[str, dict] = {}
+    prompts_seen = []
+    for seed in spec.fewshot.seeds:
+        seed_started = time.perf_counter()
+        result = method.run(seed)
+        result.metrics["seconds"] = round(time.perf_counter() - seed_started, 2)
+        per_seed[str(seed)] = result.metrics
+        prompts_seen += [{"seed": seed, "prompt": p} for p in result.prompts[:3]]
+        if spec.eval.predictions:
+            _write_jsonl(out / f"predictions-seed{seed}.jsonl", result.predictions)
+        log(f"seed {seed}: " + "  ".join(f"{k} {result.metrics[k]:.4f}" for k in HEADLINE[spec.task]
+                                           if k in result.metrics))
+    summary = summarize(per_seed, HEADLINE[spec.task])
+    metrics = {"task": spec.task, "method": spec.fewshot.method, "model": spec.model.name_or_path,
+               "fewshot": spec.fewshot.model_dump(mode="json"), "eval": summary, "seeds": per_seed,
+               "data": method.data_notes, "seconds": round(time.perf_counter() - started, 2)}
+    if prompts_seen:
+        _write_jsonl(out / "prompts.jsonl", prompts_seen)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def summarize(per_seed: dict[str, dict], headline: tuple[str, ...]) -> dict:
+    """Mean of every number the seeds share, plus the sample standard deviation (n-1) of the headline ones."""
+    seeds = list(per_seed.values())
+    summary = {"seeds": len(seeds)}
+    for key, value in seeds[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and all(key in s for s in seeds):
+            values = [float(s[key]) for s in seeds]
+            mean = sum(values) / len(values)
+            summary[key] = seeds[0][key] if len(set(values)) == 1 else mean  # counts stay counts
+            if key in headline:
+                summary[f"{key}_std"] = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+                                         if len(values) > 1 else 0.0)
+    return summary
+
+
+def results_table(metrics: dict):
+    """A rich table: one row per seed, then mean ± std."""
+    from rich.table import Table
+
+    keys = [k for k in HEADLINE[metrics["task"]] if k in metrics["eval"]]
+    table = Table(title=f"{metrics['method']} on {metrics['model']} ({metrics['task']}, "
+                        f"k={metrics['fewshot']['k']}, {metrics['eval']['seeds']} seeds)", title_justify="left")
+    table.add_column("seed")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for seed, values in metrics["seeds"].items():
+        table.add_row(seed, *(f"{values[k]:.4f}" for k in keys))
+    table.add_row("mean ± std", *(f"{metrics['eval'][k]:.4f} ± {metrics['eval'][k + '_std']:.4f}" for k in keys),
+                  style="bold")
+    return table
+
+
+def _output_dir(out: Path, overwrite: bool) -> Path:
+    """Never mixes with a training run, never deletes anything but this command's own files."""
+    if (out / "model").exists() or (out / "checkpoints").exists():
+        raise ConfigError(f"output_dir: '{out}' holds a training run; give the few-shot job its own output_dir")
+    if (out / "metrics.json").exists():
+        if not overwrite:
+            raise ConfigError(f"output_dir: '{out}' already holds results (metrics.json); pass --overwrite to "
+                              "replace them, or choose another output_dir")
+        for name in WRITTEN:
+            (out / name).unlink(missing_ok=True)
+        for old in out.glob("predictions-seed*.jsonl"):
+            old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def probabilities_rows(texts: list[str], probs: torch.Tensor, label_names: list[str], gold: list[int]) -> list[dict]:
+    return [{"text": text, "label": label_names[int(p.argmax())], "gold": label_names[g],
+             "probabilities": {n: round(float(v), 6) for n, v in zip(label_names, p)}}
+            for text, p, g in zip(texts, probs, gold)]

@@ -1,0 +1,124 @@
+"""Log-likelihood of answer choices given a prompt, for rank classification.
+
+Shared-prefix scoring puts one prompt and all of its choices in a single sequence: the prompt tokens see
+the usual causal mask, each choice's tokens see the whole prompt and the earlier tokens of their own
+choice only, and every choice's positions continue from the prompt's end (a 4D attention mask and explicit
+position ids, as in packed training). So the prompt, the long part, is computed once per example rather
+than once per (example, choice), and each choice's log-probabilities are those of prompt + choice alone
+(tested against naive per-choice scoring). Batches are sorted by length to waste little on padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ChoiceScores:
+    logprob: torch.Tensor  # [examples, choices]: summed log-probability of each choice's tokens
+    tokens: torch.Tensor  # [examples, choices]: how many tokens each choice has
+
+    def mean(self) -> torch.Tensor:
+        return self.logprob / self.tokens.clamp_min(1)
+
+
+def tokenize_choices(tokenizer, choices: list[str]) -> list[list[int]]:
+    from tlscale.errors import ConfigError
+
+    ids = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
+    empty = [c for c, i in zip(choices, ids) if not i]
+    if empty:
+        raise ConfigError(f"fewshot.verbalizer: {empty} tokenize to nothing")
+    return ids
+
+
+@torch.no_grad()
+def shared_prefix_scores(model, prompts: list[list[int]], choices: list[list[int]], batch_size: int = 8,
+                         pad_id: int = 0) -> ChoiceScores:
+    """prompts: token ids per example; choices: token ids per choice (the same choices for every example)."""
+    device = next(model.parameters()).device
+    offsets, total = [], 0
+    for choice in choices:
+        offsets.append(total)
+        total += len(choice)
+    logprob = torch.zeros(len(prompts), len(choices))
+    for batch in _length_sorted_batches([len(p) for p in prompts], batch_size):
+        width = max(len(prompts[i]) for i in batch) + total
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        segment = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 prompt, j+1 choice j, -1 padding
+        for row, i in enumerate(batch):
+            n = len(prompts[i])
+            ids[row, :n] = torch.tensor(prompts[i])
+            positions[row, :n] = torch.arange(n)
+            segment[row, :n] = 0
+            for j, choice in enumerate(choices):
+                start = n + offsets[j]
+                ids[row, start:start + len(choice)] = torch.tensor(choice)
+                positions[row, start:start + len(choice)] = torch.arange(n, n + len(choice))
+                segment[row, start:start + len(choice)] = j + 1
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+        query, key = segment[:, :, None], segment[:, None, :]
+        allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+        allowed |= torch.eye(width, dtype=torch.bool)  # padding positions attend to themselves (no NaNs)
+        logits = model(input_ids=ids.to(device), attention_mask=allowed[:, None].to(device),
+                       position_ids=positions.to(device)).logits
+        for row, i in enumerate(batch):
+            n = len(prompts[i])
+            for j, choice in enumerate(choices):
+                # token t of choice j is predicted at the position before it: the prompt's last for t = 0
+                where = [n - 1] + [n + offsets[j] + t for t in range(len(choice) - 1)]
+                logprob[i, j] = _choice_logprob(logits[row, where], choice)
+    return ChoiceScores(logprob, _token_counts(len(prompts), choices))
+
+
+@torch.no_grad()
+def naive_scores(model, prompts: list[list[int]], choices: list[list[int]], batch_size: int = 8,
+                 pad_id: int = 0) -> ChoiceScores:
+    """One forward per (example, choice) on prompt + choice: the reference, and the bench's baseline."""
+    device = next(model.parameters()).device
+    pairs = [(i, j) for i in range(len(prompts)) for j in range(len(choices))]
+    lengths = [len(prompts[i]) + len(choices[j]) for i, j in pairs]
+    logprob = torch.zeros(len(prompts), len(choices))
+    for batch in _length_sorted_batches(lengths, batch_size):
+        width = max(lengths[p] for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, p in enumerate(batch):
+            i, j = pairs[p]
+            sequence = prompts[i] + choices[j]
+            ids[row, :len(sequence)] = torch.tensor(sequence)
+            mask[row, :len(sequence)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        for row, p in enumerate(batch):
+            i, j = pairs[p]
+            n, choice = len(prompts[i]), choices[j]
+            logprob[i, j] = _choice_logprob(logits[row, n - 1:n - 1 + len(choice)], choice)
+    return ChoiceScores(logprob, _token_counts(len(prompts), choices))
+
+
+def _choice_logprob(logits: torch.Tensor, choice: list[int]) -> float:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.arange(len(choice), device=logits.device)
+    return logprobs[index, torch.tensor(choice, device=logits.device)].sum().item()
+
+
+def _token_counts(n: int, choices: list[list[int]]) -> torch.Tensor:
+    return torch.tensor([len(c) for c in choices], dtype=torch.float).expand(n, -1).clone()
+
+
+def _length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def label_log_scores(scores: ChoiceScores, words_per_label: list[int], how: str = "sum") -> torch.Tensor:
+    """[examples, labels]: a label's words' probabilities add up (logsumexp over its choices).
+    how: 'sum' uses each choice's total log-probability, 'mean' its per-token mean (length-normalised)."""
+    values = scores.logprob if how == "sum" else scores.mean()
+    columns, start = [], 0
+    for count in words_per_label:
+        columns.append(torch.logsumexp(values[:, start:start + count], dim=1))
+        start += count
+    return torch.stack(columns, dim=1)
