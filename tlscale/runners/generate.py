@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
 
 from tlscale.data.causal_lm import prompt_ids
 from tlscale.errors import ConfigError
@@ -60,8 +61,6 @@ def complete_ids(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p} \
         if sampling.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    if sampling.stop:
-        options.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
     was_training = model.training
     model.eval()
     texts = []
@@ -74,12 +73,26 @@ def complete_ids(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
             ids[row, width - len(tokens):] = torch.tensor(tokens)
             mask[row, width - len(tokens):] = 1
         torch.manual_seed(sampling.seed + first)
+        if sampling.stop:
+            options["stopping_criteria"] = [StopOnText(tokenizer, sampling.stop, width)]
         output = model.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=sampling.max_new_tokens,
                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **options)
         for row in output[:, width:]:
             texts.append(cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), sampling.stop))
     model.train(was_training)
     return texts
+
+
+class StopOnText(StoppingCriteria):
+    """Ends a row once its decoded completion contains a stop string. It works on the text, so a stop string
+    may span tokens or be missing from the vocabulary (transformers' stop_strings needs its tokens)."""
+
+    def __init__(self, tokenizer, stop: list[str], prompt_width: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, [s for s in stop if s], prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> str:
