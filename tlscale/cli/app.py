@@ -62,7 +62,8 @@ def validate(spec: SpecArg, overrides: Overrides = None,
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
         deepspeed_config(job)
-    summary = f"{spec}: valid ({job.task}, strategy {job.strategy.name})"
+    what = f"fewshot {job.fewshot.method}" if job.fewshot else f"strategy {job.strategy.name}"
+    summary = f"{spec}: valid ({job.task}, {what})"
     if check_data:
         data = build_task(job).prepare(load_tokenizer(job.model))
         summary += f"; {len(data.train)} train / {len(data.eval)} eval inputs"

@@ -24,7 +24,7 @@ def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
     if spec.fewshot is None:
         raise ConfigError("fewshot: the spec has no fewshot section; add one (see `tlscale schema`)")
     out = _output_dir(Path(spec.output_dir), overwrite)
-    from tlscale.fewshot import methods  # noqa: F401  (registers the methods)
+    from tlscale.fewshot import encoders, methods  # noqa: F401  (register the methods)
 
     method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
     started = time.perf_counter()

@@ -1,0 +1,163 @@
+"""Encoder baselines for tiny data, trained on k labelled examples per class that each seed draws from the
+training file: a linear probe on frozen sentence embeddings, and a SetFit-style contrastive fine-tune of
+the encoder (Tunstall et al., 2022) followed by the same head. Both predict through the shared evaluator.
+
+The encoder is a sentence-transformers model (model.name_or_path; a plain transformer gets mean pooling).
+The head is scikit-learn's logistic regression on L2-normalised embeddings; its regularisation C is
+chosen by leave-one-out cross-validation on the k examples themselves (never on evaluation data).
+"""
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import torch
+
+from tlscale.fewshot.methods import ClassificationMethod, SeedResult
+from tlscale.fewshot.runner import METHODS
+from tlscale.fewshot.selection import draw_per_class
+
+HEAD_C = (0.1, 1.0, 10.0, 100.0)
+
+
+class EncoderBaseline(ClassificationMethod):
+    def __init__(self, spec):
+        super().__init__(spec)
+        from sentence_transformers import SentenceTransformer
+
+        from tlscale.models.loading import quiet_loading, resolve_model_path
+
+        quiet_loading()
+        self.encoder = SentenceTransformer(resolve_model_path(spec.model.name_or_path), device="cpu")
+        self.encoder.max_seq_length = spec.model.max_length
+        separator = f" {self.encoder.tokenizer.sep_token or '|'} "
+        self.train_texts = self._texts(self.data.train, separator)
+        self.eval_texts = self._texts(self.data.eval, separator)
+
+    @staticmethod
+    def _texts(examples, separator: str) -> list[str]:
+        if examples.pairs is None:
+            return examples.texts
+        return [f"{a}{separator}{b}" for a, b in zip(examples.texts, examples.pairs)]
+
+    def training_set(self, seed: int) -> list[int]:
+        return draw_per_class(self.data.train.labels, self.fewshot.k, seed, str(self.spec.data.train_file))
+
+    def embed(self, model, texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False,
+                            convert_to_numpy=True)
+
+    def predict(self, train_vectors: np.ndarray, labels: list[int], eval_vectors: np.ndarray, seed: int):
+        head, c = fit_head(train_vectors, labels, seed)
+        probs = np.zeros((len(eval_vectors), len(self.label_names)))
+        probs[:, head.classes_] = head.predict_proba(eval_vectors)
+        return torch.tensor(probs, dtype=torch.float), c
+
+
+@METHODS.register("linear_probe")
+class LinearProbe(EncoderBaseline):
+    """Frozen encoder: the evaluation embeddings are computed once for every seed."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.eval_vectors = self.embed(self.encoder, self.eval_texts)
+
+    def run(self, seed: int) -> SeedResult:
+        chosen = self.training_set(seed)
+        labels = [self.data.train.labels[i] for i in chosen]
+        vectors = self.embed(self.encoder, [self.train_texts[i] for i in chosen])
+        probs, c = self.predict(vectors, labels, self.eval_vectors, seed)
+        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen)})
+        return SeedResult(metrics, rows)
+
+
+@METHODS.register("setfit")
+class SetFit(EncoderBaseline):
+    """A fresh copy of the encoder per seed, fine-tuned so that same-class pairs embed close together and
+    different-class pairs apart (cosine similarity regressed to 1 / 0), then the probe's head."""
+
+    def run(self, seed: int) -> SeedResult:
+        chosen = self.training_set(seed)
+        texts = [self.train_texts[i] for i in chosen]
+        labels = [self.data.train.labels[i] for i in chosen]
+        model = copy.deepcopy(self.encoder)
+        steps, final_loss = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
+        probs, c = self.predict(self.embed(model, texts), labels, self.embed(model, self.eval_texts), seed)
+        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen), "pair_steps": steps,
+                                           "final_pair_loss": final_loss})
+        return SeedResult(metrics, rows)
+
+
+def fit_head(vectors: np.ndarray, labels: list[int], seed: int):
+    """Logistic regression with C chosen by leave-one-out accuracy on the training examples (ties: smaller C)."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:
+        from tlscale.errors import DependencyError
+
+        raise DependencyError("fewshot.method: the encoder baselines need scikit-learn; pip install "
+                              "'tlscale[fewshot]'") from None
+
+    labels = np.asarray(labels)
+    best_c, best = HEAD_C[0], -1.0
+    for c in HEAD_C:
+        hits = 0
+        for i in range(len(labels)):
+            keep = np.arange(len(labels)) != i
+            model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(vectors[keep], labels[keep])
+            hits += int(model.predict(vectors[i:i + 1])[0] == labels[i])
+        if hits / len(labels) > best:
+            best_c, best = c, hits / len(labels)
+    return LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(vectors, labels), best_c
+
+
+def contrastive_pairs(labels: list[int], per_example: int, seed: int) -> list[tuple[int, int, float]]:
+    """per_example pairs for every example, alternating a same-class partner (target 1) and a
+    different-class partner (target 0), so positives and negatives are balanced whatever the classes."""
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    pairs = []
+    for i, label in enumerate(labels):
+        same = [j for j in by_class[label] if j != i]
+        other = [j for j in range(len(labels)) if labels[j] != label]
+        for n in range(per_example):
+            if n % 2 == 0 and same:
+                pairs.append((i, rng.choice(same), 1.0))
+            elif other:
+                pairs.append((i, rng.choice(other), 0.0))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def contrastive_finetune(model, texts: list[str], labels: list[int], setfit, seed: int) -> tuple[int, float]:
+    """sentence-transformers' CosineSimilarityLoss on the pairs, AdamW with linear warmup and decay.
+    Returns (optimizer steps, mean loss of the last 10 steps)."""
+    from sentence_transformers.losses import CosineSimilarityLoss
+
+    torch.manual_seed(seed)
+    pairs = contrastive_pairs(labels, setfit.pairs_per_example, seed)
+    batches = [pairs[i:i + setfit.batch_size] for _ in range(setfit.epochs)
+               for i in range(0, len(pairs), setfit.batch_size)]
+    loss_fn = CosineSimilarityLoss(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=setfit.body_lr, weight_decay=0.01)
+    warmup = int(setfit.warmup_ratio * len(batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        else max(0.0, (len(batches) - step) / max(1, len(batches) - warmup)))
+    model.train()
+    losses = []
+    for batch in batches:
+        left = model.tokenize([texts[a] for a, _, _ in batch])
+        right = model.tokenize([texts[b] for _, b, _ in batch])
+        loss = loss_fn([left, right], torch.tensor([t for _, _, t in batch]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    tail = losses[-10:]
+    return len(batches), sum(tail) / max(1, len(tail))
