@@ -185,6 +185,10 @@ def test_fewshot_command_writes_per_seed_and_summary_figures(tmp_path):
     assert len((tmp_path / "fewshot" / "predictions-seed1.jsonl").read_text().splitlines()) == 12
     again = run_cli("fewshot", str(spec))
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    side_by_side = run_cli("compare", str(tmp_path / "fewshot"))
+    assert side_by_side.returncode == 0 and f"{metrics['eval']['accuracy']:.4f} ±" in side_by_side.stdout
+    missing = run_cli("compare", str(tmp_path / "fewshot"), str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no metrics.json" in missing.stderr
 
 
 @pytest.mark.parametrize("override,message", [

@@ -125,6 +125,16 @@ def fewshot(spec: SpecArg, overrides: Overrides = None,
     out.print(f"-> {job.output_dir / 'metrics.json'}")
 
 
+@app.command()
+@user_errors
+def compare(runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).",
+                                                        show_default=False)]):
+    """Trained, prompted and probed runs of one task side by side."""
+    from tlscale.eval.compare import compare_table
+
+    Console(width=max(out.width, 160), highlight=False).print(compare_table(runs))
+
+
 @app.command("eval")
 @user_errors
 def eval_command(spec: SpecArg, overrides: Overrides = None,
