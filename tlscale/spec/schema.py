@@ -222,10 +222,10 @@ class LMSpec(Section):
 class SetfitSpec(Section):
     """fewshot method setfit: contrastive pairs from the k examples per class, then the probe's head."""
 
-    pairs_per_example: PositiveInt = Field(40, description="Sentence pairs drawn per labelled example (half of "
+    pairs_per_example: PositiveInt = Field(20, description="Sentence pairs drawn per labelled example (half of "
                                            "them same-label, half different-label).")
     epochs: PositiveInt = 1
-    body_lr: float = Field(2e-5, gt=0, description="Learning rate of the encoder body.")
+    body_lr: float = Field(5e-5, gt=0, description="Learning rate of the encoder body.")
     batch_size: PositiveInt = 16
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -255,8 +255,9 @@ class FewshotSpec(Section):
         "{question}, {answer} (extractive_qa).")
     separator: str = Field("\n\n", description="Between demonstrations and before the query.")
     verbalizer: dict[str, str | list[str]] | None = Field(
-        None, description="Label name -> word(s) the model should say (several: their probabilities add up). "
-        "Default: the label names.")
+        None, description="Label name -> word(s) the model should say (several: their probabilities add up; "
+        "default: the label names). Encoder baselines: phrases describing each label, whose embeddings give "
+        "the head similarity features (none without a verbalizer).")
     score: Literal["sum", "mean"] = Field("sum", description="Label log-likelihood: summed over its tokens, or "
                                           "their mean (length-normalised).")
     calibration: Literal["none", "contextual"] = Field(
