@@ -94,3 +94,18 @@ def test_validate_reports_deepspeed_json_conflicts(tmp_path, small_sst2):
     result = CliRunner().invoke(app, ["validate", str(write_spec(tmp_path / "s.yaml", raw))])
     assert result.exit_code == 2 and "gradient_accumulation_steps" in result.output
     assert "training.grad_accum_steps" in result.output and "Traceback" not in result.output
+
+
+def test_every_runner_compiles_deepspeed_ops_into_one_folder(monkeypatch):
+    """Local launches and Ray workers share one extensions folder (a stale lock in a second one once made a
+    ZeRO-2 Ray run wait forever); TORCH_EXTENSIONS_DIR still wins when the user sets it."""
+    from pathlib import Path
+
+    from tlscale.runners.launch import extensions_dir
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert extensions_dir() == str(Path.home() / ".cache" / "tlscale" / "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
+    assert extensions_dir() == "/elsewhere"
+    source = (Path(__file__).resolve().parents[2] / "tlscale" / "runners" / "ray_runner.py").read_text()
+    assert 'os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()' in source

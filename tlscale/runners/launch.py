@@ -11,6 +11,12 @@ from pathlib import Path
 from tlscale.spec import JobSpec, dump_spec
 
 
+def extensions_dir() -> str:
+    """Where DeepSpeed compiles its CPU ops (comm, Adam) on first use: once per machine, shared by every
+    runner. A compile killed halfway leaves a lock that makes later ones wait, so one place matters."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "tlscale" / "torch_extensions")
+
+
 def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int | None, show_progress: bool) -> int:
     """Returns the launcher's exit code: 0, 2 (a worker rejected its input) or the failing rank's code."""
     with tempfile.TemporaryDirectory(prefix="tlscale-launch-") as tmp:
@@ -27,6 +33,5 @@ def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int 
         threads = max(1, (os.cpu_count() or 1) // nproc)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        # DeepSpeed compiles its CPU ops (comm, Adam) on first use: once per machine, not per run
-        env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "tlscale" / "torch_extensions"))
+        env["TORCH_EXTENSIONS_DIR"] = extensions_dir()
         return subprocess.run(command, env=env).returncode

@@ -101,9 +101,14 @@ def connect(address: str | None) -> None:
 
 def worker_loop(config: dict) -> None:
     """Runs in every Ray Train worker."""
+    import os
+
     import ray.train
     import yaml
 
+    from tlscale.runners.launch import extensions_dir
+
+    os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()  # the same compiled DeepSpeed ops as local launches
     from tlscale.spec import spec_from_dict
     from tlscale.train import train
     from tlscale.train.checkpoints import latest_checkpoint
