@@ -196,9 +196,12 @@ def test_fewshot_command_writes_per_seed_and_summary_figures(tmp_path):
     ({"template": "Review: {txt} {label}"}, "unknown placeholder"),
     ({"verbalizer": {"negative": "bad"}}, "missing ['positive']"),
     ({"method": "setfit", "k": 0}, "expected k >= 1"),
+    ({"model": {"name_or_path": "tiny:bert"}}, "is a bert encoder; use method linear_probe or setfit"),
 ])
 def test_fewshot_spec_mistakes_exit_2(tmp_path, override, message):
-    spec = write_spec(tmp_path / "fs.yaml", fewshot_spec(tmp_path, **override))
+    raw = fewshot_spec(tmp_path, **{k: v for k, v in override.items() if k != "model"})
+    raw["model"].update(override.get("model", {}))
+    spec = write_spec(tmp_path / "fs.yaml", raw)
     result = run_cli("fewshot", str(spec))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
 

@@ -15,6 +15,23 @@ from tlscale.fewshot.scoring import label_log_scores, shared_prefix_scores, toke
 from tlscale.fewshot.selection import SELECTIONS, Demonstrations, sentence_encoder
 
 
+ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert",
+                 "mpnet", "camembert", "ernie", "modernbert"}
+
+
+def refuse_encoders(name_or_path: str) -> None:
+    """transformers would bolt a random LM head onto an encoder and prompting would score noise."""
+    from transformers import AutoConfig
+
+    from tlscale.errors import ConfigError
+    from tlscale.models.loading import resolve_model_path
+
+    model_type = AutoConfig.from_pretrained(resolve_model_path(name_or_path)).model_type
+    if model_type in ENCODER_TYPES:
+        raise ConfigError(f"model.name_or_path: fewshot.method 'prompt' needs a causal (GPT-class) language model, "
+                          f"and '{name_or_path}' is a {model_type} encoder; use method linear_probe or setfit with it")
+
+
 @dataclass
 class SeedResult:
     metrics: dict
@@ -50,6 +67,7 @@ class Prompting:
         from tlscale.models import load_tokenizer
         from tlscale.models.loading import build_causal_lm
 
+        refuse_encoders(spec.model.name_or_path)
         self.model = build_causal_lm(spec.model).eval()
         self.tokenizer = load_tokenizer(spec.model)
         self.template = Template(spec.fewshot.template, spec.fewshot.separator, spec.fewshot.instruction)
