@@ -199,9 +199,9 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
                         stop=list(stop or []))
     completions = complete(model, tokenizer, shown, sampling)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n"
-                                  for p, c in zip(prompts, completions)))
+        from tlscale.train.checkpoints import write_jsonl_atomic
+
+        write_jsonl_atomic(output, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
         out.print(f"{len(completions)} completions -> {output}")
     else:
         from rich.markup import escape

@@ -3,7 +3,6 @@ them into predictions on the evaluation data, and the shared evaluator scores th
 per-seed figures and their mean and standard deviation in the schema of trained runs (`eval.accuracy`, ...)."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -11,12 +10,12 @@ from pathlib import Path
 import torch
 
 from tlscale.errors import ConfigError
+from tlscale.eval.compare import HEADLINE
 from tlscale.registry import Registry
 from tlscale.spec import JobSpec
-from tlscale.train.checkpoints import write_json_atomic
+from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
 
 METHODS: Registry = Registry("fewshot method")
-HEADLINE = {"text_classification": ("accuracy", "f1_macro", "ece"), "extractive_qa": ("exact_match", "f1")}
 WRITTEN = ("metrics.json", "prompts.jsonl")
 
 
@@ -37,7 +36,7 @@ def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
         per_seed[str(seed)] = result.metrics
         prompts_seen += [{"seed": seed, "prompt": p} for p in result.prompts[:3]]
         if spec.eval.predictions:
-            _write_jsonl(out / f"predictions-seed{seed}.jsonl", result.predictions)
+            write_jsonl_atomic(out / f"predictions-seed{seed}.jsonl", result.predictions)
         log(f"seed {seed}: " + "  ".join(f"{k} {result.metrics[k]:.4f}" for k in HEADLINE[spec.task]
                                            if k in result.metrics))
     summary = summarize(per_seed, HEADLINE[spec.task])
@@ -45,7 +44,7 @@ def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
                "fewshot": spec.fewshot.model_dump(mode="json"), "eval": summary, "seeds": per_seed,
                "data": method.data_notes, "seconds": round(time.perf_counter() - started, 2)}
     if prompts_seen:
-        _write_jsonl(out / "prompts.jsonl", prompts_seen)
+        write_jsonl_atomic(out / "prompts.jsonl", prompts_seen)
     write_json_atomic(out / "metrics.json", metrics)
     return metrics
 
@@ -96,12 +95,6 @@ def _output_dir(out: Path, overwrite: bool) -> Path:
             old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
 
 
 def probabilities_rows(texts: list[str], probs: torch.Tensor, label_names: list[str], gold: list[int]) -> list[dict]:

@@ -10,7 +10,7 @@ from tlscale.data.classification import encode_labels
 from tlscale.errors import DataError
 from tlscale.eval import classification_metrics, plot_confusion_matrix, predict_probabilities, write_predictions
 from tlscale.spec import JobSpec
-from tlscale.train.checkpoints import write_json_atomic
+from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
 
 
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
@@ -88,8 +88,8 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     return len(examples)
 
 
-ARCHITECTURE_SUFFIXES = {"AutoModelForQuestionAnswering": ("ForQuestionAnswering",),
-                         "AutoModelForCausalLM": ("ForCausalLM", "LMHeadModel")}
+ARCHITECTURES = {"AutoModelForQuestionAnswering": ("question-answering model", ("ForQuestionAnswering",)),
+                 "AutoModelForCausalLM": ("causal language model", ("ForCausalLM", "LMHeadModel"))}
 
 
 def evaluate_task_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
@@ -123,13 +123,17 @@ def load_task_model(checkpoint: str | Path, auto_class: str):
     folder = Path(checkpoint)
     if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
         folder = folder / "model"
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise ConfigError(f"--checkpoint: '{checkpoint}' is a LoRA adapter; use the run's merged model "
+                          f"(RUN/model) or write one with `tlscale export RUN --merge --output DIR`")
     if not (folder / "config.json").is_file():
         raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
     architectures = transformers.AutoConfig.from_pretrained(folder).architectures or []
-    wanted = ARCHITECTURE_SUFFIXES.get(auto_class)
-    if wanted and not any(a.endswith(wanted) for a in architectures):
-        raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}; "
-                          f"this task needs a *{' / *'.join(wanted)} model")
+    if auto_class in ARCHITECTURES:
+        kind, suffixes = ARCHITECTURES[auto_class]
+        if not any(a.endswith(suffixes) for a in architectures):
+            raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}, "
+                              f"not a {kind} (expected a *{' / *'.join(suffixes)})")
     quiet_loading()
     model = getattr(transformers, auto_class).from_pretrained(folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
@@ -142,8 +146,6 @@ def predict_answers(checkpoint: str | Path, input_file: str | Path, output_file:
                     batch_size: int = 64) -> int:
     """extractive_qa: the best answer span for each question of a SQuAD JSON or flat jsonl/csv file
     (gold answers optional), with the window settings the model was trained with."""
-    import json
-
     from tlscale.data.qa import read_questions
     from tlscale.data.qa_windows import make_windows
     from tlscale.eval.qa_evaluation import window_logits
@@ -163,20 +165,13 @@ def predict_answers(checkpoint: str | Path, input_file: str | Path, output_file:
                            null_threshold=qa.null_threshold if qa.version == "v2" else None)
     _refuse_overwriting_input(output_file, input_file)
     rows = [{"id": q.id, "question": q.question, "answer": answers[q.id], "source": q.where} for q in questions]
-    _write_jsonl(Path(output_file), rows, json)
+    write_jsonl_atomic(Path(output_file), rows)
     return len(rows)
 
 
 def _refuse_overwriting_input(output_file, input_file) -> None:
     if Path(output_file).resolve() == Path(input_file).resolve():
         raise DataError(f"--output: '{output_file}' is the input file; refusing to overwrite your data")
-
-
-def _write_jsonl(path: Path, rows: list[dict], json) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
 
 
 def _training_spec(checkpoint: Path, yaml) -> dict:

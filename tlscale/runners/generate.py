@@ -10,10 +10,6 @@ from transformers import StoppingCriteria
 
 from tlscale.data.causal_lm import prompt_ids
 from tlscale.errors import ConfigError
-from tlscale.models.loading import quiet_loading
-
-CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
-
 
 @dataclass
 class Sampling:
@@ -27,26 +23,9 @@ class Sampling:
 
 def load_causal_lm(checkpoint: str | Path):
     """(model, tokenizer) from a saved causal-LM folder or the run folder holding one (RUN/model)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from tlscale.runners.evaluate import load_task_model
 
-    folder = Path(checkpoint)
-    if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
-        folder = folder / "model"
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        raise ConfigError(f"--checkpoint: '{checkpoint}' is a LoRA adapter; use the run's merged model "
-                          f"(RUN/model) or write one with `tlscale export RUN --merge --output DIR`")
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
-    architectures = AutoConfig.from_pretrained(folder).architectures or []
-    if not any(a.endswith(CAUSAL_LM_ARCHITECTURES) for a in architectures):
-        raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}, "
-                          "not a causal language model (expected a *ForCausalLM / *LMHeadModel)")
-    quiet_loading()
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return load_task_model(checkpoint, "AutoModelForCausalLM")
 
 
 def complete(model, tokenizer, prompts: list[str], sampling: Sampling, device=None) -> list[str]:

@@ -1,7 +1,6 @@
 """causal_lm: supervised fine-tuning of GPT-class models (prompt/completion, chat messages, plain text)."""
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -80,12 +79,13 @@ class CausalLM(Task):
     def _write_generations(self, model, tokenizer, eval_set, path, accelerator) -> None:
         """A few sampled completions of held-out prompts, beside the metrics."""
         from tlscale.runners.generate import Sampling, complete
+        from tlscale.train.checkpoints import write_jsonl_atomic
 
         lm = self.spec.lm
         prompts = [p for p in eval_set.prompts if p][:lm.generations]
         sampling = Sampling(max_new_tokens=lm.max_new_tokens, temperature=0.8, top_p=0.9, seed=self.spec.seed)
         generated = complete(model, tokenizer, prompts, sampling, accelerator.device)
-        path.write_text("".join(json.dumps({"prompt": p, "generated": g}) + "\n" for p, g in zip(prompts, generated)))
+        write_jsonl_atomic(path, [{"prompt": p, "generated": g} for p, g in zip(prompts, generated)])
 
     def headline(self, metrics: dict) -> str:
         return (f"eval loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.2f}  "

@@ -34,6 +34,14 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+def write_jsonl_atomic(path: Path, rows) -> None:
+    """One JSON object per line; a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
 def publish_dir(tmp: Path, final: Path) -> None:
     """Move a finished folder into place; an older folder of that name is removed only afterwards."""
     old = final.with_name(f".{final.name}.old")
