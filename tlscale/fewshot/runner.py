@@ -16,13 +16,23 @@ from tlscale.spec import JobSpec
 from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
 
 METHODS: Registry = Registry("fewshot method")
-WRITTEN = ("metrics.json", "prompts.jsonl")
 
 
 def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
     if spec.fewshot is None:
         raise ConfigError("fewshot: the spec has no fewshot section; add one (see `tlscale schema`)")
-    out = _output_dir(Path(spec.output_dir), overwrite)
+    from tlscale.run_folder import claim
+
+    out = Path(spec.output_dir)
+    if (out / "model").exists() or (out / "checkpoints").exists():
+        raise ConfigError(f"output_dir: '{out}' holds a training run; give the few-shot job its own output_dir")
+    with claim(out, overwrite=overwrite) as run_claim:
+        metrics = _run_seeds(spec, out, log)
+        run_claim.succeeded()
+    return metrics
+
+
+def _run_seeds(spec: JobSpec, out: Path, log) -> dict:
     from tlscale.fewshot import encoders, methods  # noqa: F401  (register the methods)
 
     method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
@@ -79,22 +89,6 @@ def results_table(metrics: dict):
     table.add_row("mean ± std", *(f"{metrics['eval'][k]:.4f} ± {metrics['eval'][k + '_std']:.4f}" for k in keys),
                   style="bold")
     return table
-
-
-def _output_dir(out: Path, overwrite: bool) -> Path:
-    """Never mixes with a training run, never deletes anything but this command's own files."""
-    if (out / "model").exists() or (out / "checkpoints").exists():
-        raise ConfigError(f"output_dir: '{out}' holds a training run; give the few-shot job its own output_dir")
-    if (out / "metrics.json").exists():
-        if not overwrite:
-            raise ConfigError(f"output_dir: '{out}' already holds results (metrics.json); pass --overwrite to "
-                              "replace them, or choose another output_dir")
-        for name in WRITTEN:
-            (out / name).unlink(missing_ok=True)
-        for old in out.glob("predictions-seed*.jsonl"):
-            old.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def probabilities_rows(texts: list[str], probs: torch.Tensor, label_names: list[str], gold: list[int]) -> list[dict]:

@@ -8,6 +8,7 @@ import torch
 from tlscale.data import read_examples, tokenize
 from tlscale.data.classification import encode_labels
 from tlscale.errors import DataError
+from tlscale.run_folder import result_file, result_folder
 from tlscale.eval import classification_metrics, plot_confusion_matrix, predict_probabilities, write_predictions
 from tlscale.spec import JobSpec
 from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
@@ -18,10 +19,10 @@ def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str |
 
     if spec.task != "text_classification":
         return evaluate_task_checkpoint(spec, checkpoint, output_dir)
+    out = result_folder(Path(output_dir) if output_dir else Path(spec.output_dir) / "eval", "--output-dir")
     model, tokenizer, label_names = load_trained_classifier(checkpoint)
+    _labels_agree(spec, label_names, checkpoint)
     examples, encoded, probs, metrics = score_on_eval_data(model, tokenizer, label_names, spec)
-    out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", {"task": spec.task, "checkpoint": str(checkpoint), "eval": metrics})
     write_predictions(out / "predictions.jsonl", examples.texts, probs, label_names, encoded.labels, examples.where)
     plot_confusion_matrix(out / "confusion_matrix.png", metrics["confusion_matrix"], label_names,
@@ -61,6 +62,8 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     from tlscale.models import load_trained_classifier
     from tlscale.spec.schema import DataSpec
 
+    _refuse_overwriting_input(output_file, input_file)
+    result_file(output_file, "--output")
     saved = _training_spec(Path(checkpoint), yaml)
     task = saved.get("task", "text_classification")
     if task == "extractive_qa":
@@ -82,8 +85,6 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     encoded.labels = []
     probs = predict_probabilities(model, encoded, batch_size, tokenizer.pad_token_id, torch.device("cpu"))
     output_file = Path(output_file)
-    _refuse_overwriting_input(output_file, input_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, examples.texts, probs, label_names, None, examples.where)
     return len(examples)
 
@@ -101,11 +102,10 @@ def evaluate_task_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: 
     from tlscale.tasks import build_task
 
     task = build_task(spec)
+    out = result_folder(Path(output_dir) if output_dir else Path(spec.output_dir) / "eval", "--output-dir")
     model, tokenizer = load_task_model(checkpoint, task.auto_class)
     tokenizer.model_max_length = spec.model.max_length
     data = task.prepare(tokenizer)
-    out = Path(output_dir) if output_dir else Path(spec.output_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     metrics = task.evaluate(Accelerator(), model, data, SimpleNamespace(path=out), tokenizer.pad_token_id,
                             write_files=True)
     write_json_atomic(out / "metrics.json", {"task": spec.task, "checkpoint": str(checkpoint), "eval": metrics})
@@ -163,10 +163,18 @@ def predict_answers(checkpoint: str | Path, input_file: str | Path, output_file:
                            [logits[i][1] for i in range(len(windows))], n_best=qa.n_best,
                            max_answer_tokens=qa.max_answer_tokens,
                            null_threshold=qa.null_threshold if qa.version == "v2" else None)
-    _refuse_overwriting_input(output_file, input_file)
     rows = [{"id": q.id, "question": q.question, "answer": answers[q.id], "source": q.where} for q in questions]
     write_jsonl_atomic(Path(output_file), rows)
     return len(rows)
+
+
+def _labels_agree(spec: JobSpec, label_names: list[str], checkpoint) -> None:
+    """Scoring with the checkpoint's labels when the spec names others would report a meaningless figure."""
+    from tlscale.errors import ConfigError
+
+    if spec.data.labels is not None and list(spec.data.labels) != list(label_names):
+        raise ConfigError(f"data.labels: the spec names {list(spec.data.labels)} but the checkpoint "
+                          f"'{checkpoint}' was trained with {list(label_names)} (in that order); make them match")
 
 
 def _refuse_overwriting_input(output_file, input_file) -> None:

@@ -1,14 +1,29 @@
-"""Run a spec on several local processes: torch's elastic launcher starts one worker per process,
-and every worker runs the same training loop (tlscale.runners.worker)."""
+"""Run a spec on several local processes: one worker per process (tlscale.runners.worker), each running
+the same training loop, with the environment torch.distributed reads (RANK, WORLD_SIZE, MASTER_*).
+
+We start the workers ourselves rather than through torchrun so that signals mean what they mean for a
+one-process run: SIGTERM or Ctrl-C to `tlscale train` reaches every worker, which checkpoint at the next
+step and exit 0; a second one stops them at once. If this process dies (even by SIGKILL), the kernel
+sends each worker SIGTERM (PR_SET_PDEATHSIG), so none is left running unsignalled. One failing worker
+stops the others (they would wait forever in a collective). Workers inherit the run folder's lock, so
+the folder stays locked until the last of them has exited.
+"""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tlscale.spec import JobSpec, dump_spec
+
+PARENT_VARIABLE = "TLSCALE_LAUNCHER_PID"
+GRACE_S = 10.0  # after a worker fails, how long the others get to notice before they are killed
 
 
 def extensions_dir() -> str:
@@ -17,13 +32,13 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "tlscale" / "torch_extensions")
 
 
-def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int | None, show_progress: bool) -> int:
-    """Returns the launcher's exit code: 0, 2 (a worker rejected its input) or the failing rank's code."""
+def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int | None, show_progress: bool,
+                 lock_fd: int | None = None) -> int:
+    """Returns 0, 2 (a worker rejected its input) or the failing worker's exit code."""
     with tempfile.TemporaryDirectory(prefix="tlscale-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(dump_spec(spec))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "--max-restarts=0", "-m", "tlscale.runners.worker", str(spec_file)]
+        command = [sys.executable, "-m", "tlscale.runners.worker", str(spec_file)]
         if resume:
             command.append("--resume")
         if stop_after_steps is not None:
@@ -32,6 +47,85 @@ def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int 
             command.append("--no-progress")
         threads = max(1, (os.cpu_count() or 1) // nproc)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        env["TORCH_EXTENSIONS_DIR"] = extensions_dir()
-        return subprocess.run(command, env=env).returncode
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": extensions_dir(),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), PARENT_VARIABLE: str(os.getpid())}
+        return _supervise(command, env, nproc, () if lock_fd is None else (lock_fd,))
+
+
+def _supervise(command: list[str], env: dict, nproc: int, pass_fds: tuple[int, ...]) -> int:
+    stops: list[int] = []
+
+    def on_signal(signum, _frame):
+        stops.append(signum)
+        kind = signal.SIGTERM if len(stops) == 1 else signal.SIGKILL
+        if len(stops) == 1:
+            print("stopping: the workers checkpoint at their next step (again to stop them at once)",
+                  file=sys.stderr, flush=True)
+        _signal_all(workers, kind)
+
+    workers: list[subprocess.Popen] = []
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for rank in range(nproc):
+            workers.append(subprocess.Popen(
+                command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, pass_fds=pass_fds,
+                start_new_session=True))  # Ctrl-C reaches only us; we decide what the workers get
+        return _wait(workers)
+    finally:
+        _signal_all(workers, signal.SIGKILL)  # only reaches workers still running (an exception above)
+        for worker in workers:
+            worker.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _wait(workers: list[subprocess.Popen]) -> int:
+    """Wait for every worker; the first failure stops the rest."""
+    failed_at = None
+    while True:
+        codes = [w.poll() for w in workers]
+        if all(c is not None for c in codes):
+            break
+        bad = [c for c in codes if c not in (None, 0)]
+        if bad and failed_at is None:
+            failed_at = time.monotonic()
+            _signal_all(workers, signal.SIGTERM)
+        elif failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            _signal_all(workers, signal.SIGKILL)
+        time.sleep(0.1)
+    if 2 in codes:
+        return 2
+    bad = [c for c in codes if c != 0]
+    if not bad:
+        return 0
+    return bad[0] if bad[0] > 0 else 128 - bad[0]
+
+
+def _signal_all(workers: list[subprocess.Popen], signum: int) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            try:
+                worker.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+
+def die_with_launcher() -> None:
+    """In a worker, first thing: SIGTERM when the launcher dies, however it dies (Linux; elsewhere the
+    worker only checks at start). Done here rather than between fork and exec, which is unsafe with threads."""
+    launcher = os.environ.get(PARENT_VARIABLE)
+    if not launcher:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+    if os.getppid() != int(launcher):  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -1,9 +1,6 @@
 """`tlscale train`: in this process, or in N local processes that run the same loop."""
 from __future__ import annotations
 
-import json
-import shutil
-
 from tlscale.errors import RunStateError
 from tlscale.spec import JobSpec
 from tlscale.train import RunResult
@@ -26,19 +23,27 @@ def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps:
 
 def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
             show_progress: bool) -> RunResult | None:
+    from tlscale.run_folder import claim
     from tlscale.runners.launch import launch_local
 
-    run = prepare_launch(spec, resume, overwrite)
-    code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress)
-    if code == 2:
-        raise RunStateError("a worker rejected its input (message above)")
-    if code != 0:
-        raise WorkerFailed(code)
-    return finish_launched_run(spec, run)
+    with claim(spec.output_dir, resume=resume, overwrite=overwrite) as run_claim:
+        run = prepare_launch(spec, resume)
+        if run is None:
+            code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress,
+                                lock_fd=run_claim.fd)
+            if code == 2:
+                raise RunStateError("a worker rejected its input (message above)")
+            if code != 0:
+                raise WorkerFailed(code)
+        result = finish_launched_run(spec)
+        if result is not None:
+            run_claim.succeeded()
+        return result
 
 
-def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
-    """Everything that can be checked before starting workers, so bad input fails once, with exit code 2."""
+def prepare_launch(spec: JobSpec, resume: bool):
+    """Everything that can be checked before starting workers, so bad input fails once, with exit code 2.
+    Returns None, or the run itself when a resumed run had only its finish left (nothing to launch)."""
     from tlscale.models import load_tokenizer, resolve_model_path
     from tlscale.strategies import build_strategy
     from tlscale.tasks import build_task
@@ -46,7 +51,8 @@ def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
     from tlscale.train.run_dir import RunDir
 
     run = RunDir(spec.output_dir)
-    run.check(resume=resume, overwrite=overwrite)
+    if resume and run.pending_metrics.is_file() and run.model_dir.is_dir():
+        return run  # killed after the workers ended, before the metrics were published
     checkpoint = latest_checkpoint(run.path) if resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, spec.distributed.backend, spec.world_size)
@@ -57,16 +63,18 @@ def prepare_launch(spec: JobSpec, resume: bool, overwrite: bool):
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
         deepspeed_config(spec)  # so does a user DeepSpeed JSON that contradicts the spec
-    if overwrite and run.path.exists():
-        shutil.rmtree(run.path)
-    return run
+    return None
 
 
-def finish_launched_run(spec: JobSpec, run) -> RunResult | None:
-    """After the workers: merge a ZeRO-3 adapter, verify the saved model from this process."""
-    if not run.metrics_file.exists():
+def finish_launched_run(spec: JobSpec) -> RunResult | None:
+    """After the workers: merge a ZeRO-3 adapter, verify the saved model from this process, then publish
+    metrics.json, the last file of a complete run."""
+    from tlscale.train.run_dir import RunDir
+
+    run = RunDir(spec.output_dir)
+    if not run.pending_metrics.exists():
         return None  # stopped early (--stop-after-steps or preemption); checkpoint written
-    metrics = json.loads(run.metrics_file.read_text())
+    metrics = run.read_pending_metrics()
     adapter = run.path / "model-adapter"
     if adapter.is_dir() and not run.model_dir.exists():  # LoRA under ZeRO-3: the workers held only shards
         from tlscale.runners.export import export_merged
@@ -80,9 +88,11 @@ def finish_launched_run(spec: JobSpec, run) -> RunResult | None:
 def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
     """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
     from tlscale.models import load_tokenizer
+    from tlscale.models.loading import quiet_loading
     from tlscale.tasks import build_task
     from tlscale.train.verify import fixed_batch, verify_adapter, verify_saved_model
 
+    quiet_loading()
     tokenizer = load_tokenizer(spec.model)
     task = build_task(spec)
     batch = fixed_batch(task, task.prepare(tokenizer).eval, tokenizer.pad_token_id)

@@ -58,20 +58,31 @@ class RayReporter(Reporter):
 def run_on_ray(spec: JobSpec, *, resume: bool, overwrite: bool, stop_after_steps: int | None,
                show_progress: bool) -> RunResult | None:
     require("ray", "ray")
+    from tlscale.run_folder import claim
+
+    with claim(spec.output_dir, resume=resume, overwrite=overwrite) as run_claim:  # the driver holds the lock
+        result = _fit(spec, resume, stop_after_steps, show_progress)
+        if result is not None:
+            run_claim.succeeded()
+        return result
+
+
+def _fit(spec: JobSpec, resume: bool, stop_after_steps: int | None, show_progress: bool) -> RunResult | None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tlscale.runners.local import finish_launched_run, prepare_launch
 
-    run = prepare_launch(spec, resume, overwrite)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run_id = f"{run.path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (run.path / MARKER).write_text(run_id)
+    if prepare_launch(spec, resume) is not None:
+        return finish_launched_run(spec)  # only the finish was left
+    run_path = Path(spec.output_dir)
+    run_id = f"{run_path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    (run_path / MARKER).write_text(run_id)
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker, **res.custom_resources}
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker or 1
-    storage = Path(res.storage_path or run.path / "ray").expanduser().resolve()
+    storage = Path(res.storage_path or run_path / "ray").expanduser().resolve()
     connect(res.address)
     trainer = TorchTrainer(
         worker_loop,
@@ -88,7 +99,7 @@ def run_on_ray(spec: JobSpec, *, resume: bool, overwrite: bool, stop_after_steps
         trainer.fit()
     except Exception as exc:  # noqa: BLE001  (Ray wraps the worker's error; show it, fail the run)
         raise RayRunFailed(exc) from None
-    return finish_launched_run(spec, run)
+    return finish_launched_run(spec)
 
 
 def connect(address: str | None) -> None:

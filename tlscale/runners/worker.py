@@ -16,6 +16,9 @@ def main() -> None:
     parser.add_argument("--stop-after-steps", type=int)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
+    from tlscale.runners.launch import die_with_launcher
+
+    die_with_launcher()
     code = 0
     try:
         from tlscale.spec import load_spec

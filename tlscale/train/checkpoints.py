@@ -24,6 +24,8 @@ class TrainState:
     epoch_times_s: list[float] = field(default_factory=list)
     train_time_s: float = 0.0
     samples_seen: int = 0
+    running_loss: float = 0.0  # loss summed over all ranks since the last logged row
+    running_count: int = 0
     world_size: int = 1
     backend: str = "none"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tlscale.errors import ConfigError
+from tlscale.errors import ConfigError, TlscaleError
 from tlscale.spec import JobSpec
 from tlscale.train.checkpoints import (
     TrainState,
@@ -31,6 +31,10 @@ class RunResult:
     output_dir: Path
     metrics: dict
     interrupted: bool = False
+
+
+class TrainingDiverged(TlscaleError):
+    """The loss became NaN or infinite: a user setting (learning rate, data), not a crash."""
 
 
 class _Preemption:
@@ -77,7 +81,26 @@ class Reporter:
 def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_after_steps: int | None = None,
           show_progress: bool = True, launched: bool = False, resume_from: Path | None = None,
           reporter: Reporter | None = None) -> RunResult:
-    """resume_from: a checkpoint folder to continue from (Ray hands back the latest reported one)."""
+    """In this process: claim the run folder, train, publish metrics.json last (the run is complete once it
+    exists). launched: a worker of a run whose parent holds the claim and publishes the metrics.
+    resume_from: a checkpoint folder to continue from (Ray hands back the latest reported one)."""
+    if launched:
+        return _train(spec, resume, stop_after_steps, show_progress, launched, resume_from, reporter)
+    from tlscale.run_folder import claim
+
+    with claim(spec.output_dir, resume=resume, overwrite=overwrite) as run_claim:
+        run = RunDir(spec.output_dir)
+        if resume and run.pending_metrics.is_file() and run.model_dir.is_dir():
+            result = RunResult(run.path, run.publish_pending_metrics())  # killed while finishing: finish now
+        else:
+            result = _train(spec, resume, stop_after_steps, show_progress, launched, resume_from, reporter)
+        if not result.interrupted:
+            run_claim.succeeded()
+    return result
+
+
+def _train(spec: JobSpec, resume: bool, stop_after_steps: int | None, show_progress: bool, launched: bool,
+           resume_from: Path | None, reporter: Reporter | None) -> RunResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -100,9 +123,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     if training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU, none found; use 'bf16' or 'no' on CPU")
 
-    run = RunDir(spec.output_dir)
-    if not launched:  # a launcher checked (and cleared, for --overwrite) the folder before starting us
-        run.check(resume=resume, overwrite=overwrite)
+    run = RunDir(spec.output_dir)  # claimed (locked, settled for --resume/--overwrite) before we got here
 
     # --- data ------------------------------------------------------------------------------------
     set_seed(spec.seed)
@@ -130,7 +151,7 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
     if world != spec.world_size:
         raise ConfigError(f"the spec asks for {spec.world_size} process(es) but {world} are running")
     if accelerator.is_main_process:
-        run.create(spec, overwrite=overwrite and not launched)
+        run.create(spec)
     else:
         run.remember(spec)
     trainable, total = count_parameters(model)
@@ -162,6 +183,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         accelerator.print(f"resumed from {checkpoint} (step {state.step})")
     elif resume:
         accelerator.print(f"no checkpoint in {run.path / 'checkpoints'}; starting from step 0")
+    if resume and accelerator.is_main_process:
+        run.forget_logs_after(state.step)  # rows logged after the checkpoint will be logged again
     raw_model = accelerator.unwrap_model(model)
     strategy.on_step(raw_model, state.step, state.epoch, steps_per_epoch)
     cached = strategy.caches_features and task.caches_features
@@ -190,7 +213,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                        else shuffled_batches(len(train_set), training.batch_size, epoch_seed))
             batches = [b for b in batches if len(b) >= world][:batches_per_epoch]  # every rank needs an example
             epoch_start, excluded, time_before = time.perf_counter(), 0.0, state.train_time_s  # excluded: evals, saves
-            running_loss, running_count = 0.0, 0
+            running_loss, running_count = state.running_loss, state.running_count  # carried over a resume
+            state.running_loss, state.running_count = 0.0, 0
             position = state.batches_in_epoch
             while position < len(batches) and state.step < total_steps:
                 group = batches[position:position + training.grad_accum_steps]
@@ -198,8 +222,10 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                 group_size = sum(len(indices) for indices in group)
                 group_weight = sum(task.weight(train_set, indices) for indices in group)
                 local = [shard_global_batches(indices, rank, world) for indices in group]
-                running_loss += _forward_backward(accelerator, model, task, train_set, local, group_weight, pad_id,
-                                                  train_cache, deepspeed_gas=_ds_gas(dist, training))
+                step_loss = _forward_backward(accelerator, model, task, train_set, local, group_weight, pad_id,
+                                              train_cache, deepspeed_gas=_ds_gas(dist, training))
+                _check_finite(step_loss, state.step + 1, scheduler.get_last_lr()[0])
+                running_loss += step_loss
                 running_count += sum(task.weight(train_set, indices) for indices in local)
                 if training.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
@@ -230,7 +256,11 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
                 if stop_now or periodic or reporter.preempted(state.step):
                     save_start = time.perf_counter()
                     state.train_time_s = time_before + save_start - epoch_start - excluded
+                    # the loss accumulated since the last log, summed over ranks, so a resume logs the same rows
+                    running_loss, running_count = _sum_over_processes(accelerator, running_loss, running_count)
+                    state.running_loss, state.running_count = running_loss, running_count
                     saved = save_training_state(accelerator, run.path, state, training.keep_checkpoints)
+                    state.running_loss, state.running_count = 0.0, 0
                     reporter.checkpoint(saved, state.step)
                     excluded += time.perf_counter() - save_start
                 if stop_now:
@@ -291,8 +321,8 @@ def train(spec: JobSpec, *, resume: bool = False, overwrite: bool = False, stop_
         "runner": spec.runner,
         **reporter.describe(),
     }
-    if accelerator.is_main_process:
-        run.write_metrics(metrics)
+    if accelerator.is_main_process:  # last: a run with metrics.json is complete (a launcher publishes it)
+        run.write_pending_metrics(metrics) if launched else run.write_metrics(metrics)
     accelerator.log({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=state.step)
     accelerator.end_training()
     accelerator.print(f"{task.headline(final_eval)}  -> {run.path}")
@@ -355,6 +385,23 @@ def _forward_backward(accelerator, model, task, train_set, local_group: list[lis
         total += loss.item() * weight
     accelerator.sync_gradients = True
     return total
+
+
+def _check_finite(loss: float, step: int, lr: float) -> None:
+    """A diverged run would crash later (evaluation, gathering) with a confusing error; say what it is."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training.lr: the training loss became {loss} at step {step} (learning rate "
+                               f"{lr:.3g}); lower training.lr, raise training.warmup_ratio or check the data")
+
+
+def _sum_over_processes(accelerator, loss_sum: float, count: int) -> tuple[float, int]:
+    """Rank 0 keeps the totals over all ranks, the others zero (what the next log reduces is unchanged)."""
+    if accelerator.num_processes == 1:
+        return loss_sum, count
+    totals = accelerator.reduce(torch.tensor([loss_sum, float(count)], device=accelerator.device), reduction="sum")
+    if accelerator.is_main_process:
+        return totals[0].item(), int(totals[1].item())
+    return 0.0, 0
 
 
 def _mean_over_processes(accelerator, loss_sum: float, count: int) -> float:

@@ -1,10 +1,12 @@
-"""The output directory of a run: what lives where, and guards against clobbering a finished run."""
+"""The output directory of a run: what lives where. Claiming it (lock, --resume/--overwrite) is
+tlscale.run_folder's job and happens before the loop starts."""
 from __future__ import annotations
 
-import shutil
+import json
+import os
 from pathlib import Path
 
-from tlscale.errors import RunStateError
+from tlscale.run_folder import PENDING_METRICS
 from tlscale.spec import JobSpec, dump_spec
 from tlscale.train.checkpoints import checkpoint_root, write_json_atomic
 
@@ -17,25 +19,11 @@ class RunDir:
     model_dir = property(lambda self: self.path / "model")
     best_model = property(lambda self: checkpoint_root(self.path) / "best-model")
     metrics_file = property(lambda self: self.path / "metrics.json")
+    pending_metrics = property(lambda self: self.path / PENDING_METRICS)
+    log_file = property(lambda self: self.path / "metrics.jsonl")
 
-    def check(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to mix two runs in one folder unless the user says which (resume or overwrite)."""
-        existing = (self.path / "spec.yaml").exists()
-        finished = self.model_dir.exists()
-        if existing and not (resume or overwrite):
-            raise RunStateError(
-                f"output_dir: '{self.path}' already holds a {'finished' if finished else 'started'} run. "
-                "Use --resume to continue it, --overwrite to replace it, or set output_dir=NEW_DIR"
-            )
-        if resume and overwrite:
-            raise RunStateError("--resume and --overwrite contradict each other; choose one")
-        if resume and existing and finished:
-            raise RunStateError(f"output_dir: the run in '{self.path}' has finished; nothing to resume")
-
-    def create(self, spec: JobSpec, overwrite: bool) -> None:
-        """Called once the spec, data and model have loaded: a run that fails to start deletes nothing."""
-        if overwrite and (self.path / "spec.yaml").exists():
-            shutil.rmtree(self.path)
+    def create(self, spec: JobSpec) -> None:
+        """Called once the spec, data and model have loaded, in a folder the runner has claimed."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.spec_yaml = dump_spec(spec)
         (self.path / "spec.yaml").write_text(self.spec_yaml)
@@ -45,4 +33,38 @@ class RunDir:
         self.spec_yaml = dump_spec(spec)
 
     def write_metrics(self, metrics: dict) -> None:
+        """The last write of a run: with metrics.json in place the run is complete."""
         write_json_atomic(self.metrics_file, metrics)
+        if self.pending_metrics.exists():
+            self.pending_metrics.unlink()
+
+    def write_pending_metrics(self, metrics: dict) -> None:
+        """A launched worker's metrics; the launching process checks the saved model, then publishes them."""
+        write_json_atomic(self.pending_metrics, metrics)
+
+    def read_pending_metrics(self) -> dict:
+        return json.loads(self.pending_metrics.read_text())
+
+    def publish_pending_metrics(self) -> dict:
+        metrics = self.read_pending_metrics()
+        self.write_metrics(metrics)
+        return metrics
+
+    def forget_logs_after(self, step: int) -> None:
+        """On resume: drop metrics.jsonl rows logged after the checkpoint; training logs them again."""
+        if not self.log_file.is_file():
+            return
+        lines = self.log_file.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(kept) != len(lines):
+            tmp = self.log_file.with_name(f".{self.log_file.name}.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.log_file)
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a metrics.jsonl row; None for a row cut short by a kill."""
+    try:
+        return int(json.loads(line).get("step") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return None
