@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tlscale.errors import TlscaleError
 
@@ -38,6 +40,24 @@ def user_errors(command):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+class _ConsoleLog(logging.Handler):
+    """tlscale's own notes and warnings (e.g. a stale lock taken over) on stderr, as the CLI prints errors."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "[yellow]warning:[/]" if record.levelno >= logging.WARNING else "[dim]note:[/]"
+        err.print(f"{level} {escape(record.getMessage())}", markup=True)
+
+
+@app.callback()
+def _setup() -> None:
+    """tlscale: transfer learning from one YAML job spec."""
+    logger = logging.getLogger("tlscale")
+    if not any(isinstance(h, _ConsoleLog) for h in logger.handlers):
+        logger.addHandler(_ConsoleLog())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _load(spec: Path, overrides: list[str] | None):
@@ -80,7 +100,9 @@ def schema(output: Annotated[Optional[Path], typer.Option("--output", "-o", help
 
     text = json.dumps(json_schema(), indent=2)
     if output:
-        output.write_text(text + "\n")
+        from tlscale.run_folder import result_file
+
+        result_file(output, "--output").write_text(text + "\n")
     else:
         sys.stdout.write(text + "\n")
 
@@ -89,11 +111,11 @@ def schema(output: Annotated[Optional[Path], typer.Option("--output", "-o", help
 @user_errors
 def train(spec: SpecArg, overrides: Overrides = None,
           resume: Annotated[bool, typer.Option(help="Continue the run in output_dir from its latest checkpoint.")] = False,
-          overwrite: Annotated[bool, typer.Option(help="Delete an existing run in output_dir first.")] = False,
+          overwrite: Annotated[bool, typer.Option(help="Replace the run in output_dir (kept aside until the new one finishes).")] = False,
           nproc: Annotated[Optional[int], typer.Option(
-              "--nproc", help="Processes on this machine (sets distributed.num_processes).")] = None,
+              "--nproc", min=1, help="Processes on this machine (sets distributed.num_processes).")] = None,
           stop_after_steps: Annotated[Optional[int], typer.Option(
-              help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
+              min=1, help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train (and evaluate) the job described by SPEC."""
     from tlscale.runners.local import WorkerFailed, run_training
@@ -161,7 +183,7 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
             output: Annotated[Path, typer.Option("--output", help="Predictions, one JSON object per line.")],
             text_column: Annotated[Optional[str], typer.Option(help="Default: the training spec's.")] = None,
             text_pair_column: Annotated[Optional[str], typer.Option()] = None,
-            batch_size: int = 64):
+            batch_size: Annotated[int, typer.Option(min=1)] = 64):
     """Label and class probabilities for every row of a file (extractive QA: the answer to every question)."""
     from tlscale.runners.evaluate import predict_file
 
@@ -176,7 +198,7 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
              input: Annotated[Optional[Path], typer.Option("--input", help="A file with a 'prompt' column.")] = None,
              output: Annotated[Optional[Path], typer.Option("--output", help="Write prompt/completion jsonl.")] = None,
              chat: Annotated[bool, typer.Option(help="Wrap each prompt as a user turn with the chat template.")] = False,
-             max_new_tokens: int = 64,
+             max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
              temperature: Annotated[float, typer.Option(help="0 = greedy (deterministic).")] = 0.0,
              top_p: float = 1.0,
              seed: int = 0,
@@ -193,6 +215,10 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
                           f"found {max_new_tokens}, {temperature}, {top_p}")
     if output is not None and input is not None and output.resolve() == input.resolve():
         raise ConfigError(f"--output: '{output}' is the input file; refusing to overwrite your data")
+    if output is not None:
+        from tlscale.run_folder import result_file
+
+        result_file(output, "--output")
     model, tokenizer = load_causal_lm(checkpoint)
     shown = [chat_prompt(tokenizer, p) for p in prompts] if chat else prompts
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
@@ -338,7 +364,8 @@ def main() -> None:
 @user_errors
 def plan(spec: SpecArg, overrides: Overrides = None,
          gpu_memory: Annotated[str, typer.Option(help="Memory of one device, e.g. 80GiB.")] = "80GiB",
-         gpus: Annotated[Optional[int], typer.Option(help="Devices (default: distributed.num_processes).")] = None):
+         gpus: Annotated[Optional[int], typer.Option(
+             min=1, help="Devices (default: distributed.num_processes).")] = None):
     """Estimate per-device memory for each ZeRO stage / offload choice and recommend one."""
     from rich.table import Table
 
