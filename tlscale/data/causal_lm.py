@@ -55,8 +55,9 @@ def read_lm_records(path, tokenizer) -> list[LMRecord]:
         values, where = record.values, record.where
         if kind == "prompt_completion":
             prompt, completion = values.get("prompt"), values.get("completion")
-            if not isinstance(prompt, str) or not isinstance(completion, str) or not completion.strip():
-                problems.append(f"{where}: expected text in prompt and a non-empty completion")
+            wrong = _not_text(values, ("prompt", "completion"), required=("completion",))
+            if wrong:
+                problems.append(f"{where}: expected text in prompt and a non-empty completion; {wrong}")
                 continue
             records.append(LMRecord(prompt, completion, where))
         elif kind == "messages":
@@ -65,8 +66,9 @@ def read_lm_records(path, tokenizer) -> list[LMRecord]:
                 records.append(LMRecord(*rendered, where))
         else:
             text = values.get("text")
-            if not isinstance(text, str) or not text.strip():
-                problems.append(f"{where}: expected non-empty text")
+            wrong = _not_text(values, ("text",), required=("text",))
+            if wrong:
+                problems.append(f"{where}: expected non-empty text; {wrong}")
                 continue
             records.append(LMRecord("", text, where))
     if problems:
@@ -74,6 +76,20 @@ def read_lm_records(path, tokenizer) -> list[LMRecord]:
     if not records:
         raise DataError(f"{path}: no records")
     return records
+
+
+def _not_text(values: dict, columns: tuple[str, ...], required: tuple[str, ...]) -> str:
+    """'' when every column holds text (non-blank where required), else what the first bad one holds: a JSON
+    list or number would otherwise be trained on as its Python repr, or crash tokenization."""
+    from tlscale.data.readers import kind_of
+
+    for column in columns:
+        value = values.get(column)
+        if not isinstance(value, str):
+            return f"column '{column}' holds {kind_of(value)}"
+        if column in required and not value.strip():
+            return f"column '{column}' is empty"
+    return ""
 
 
 def _render_messages(messages, tokenizer, where: str, problems: list[str]) -> tuple[str, str] | None:

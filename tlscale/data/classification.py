@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tlscale.data.readers import Table, read_table
+from tlscale.data.readers import Table, kind_of, read_table
 from tlscale.errors import DataError, did_you_mean
 from tlscale.spec.schema import DataSpec
 
@@ -89,6 +89,9 @@ def read_examples(path: Path, spec: DataSpec, need_label: bool = True) -> Exampl
         label = record.values.get(spec.label_column) if need_label else None
         if need_label and (label is None or str(label).strip() == ""):
             errors.add(f"{record.where}: empty label in column '{spec.label_column}'")
+        elif isinstance(label, (list, tuple, dict)):
+            errors.add(f"{record.where}: column '{spec.label_column}': expected a label name or id, found "
+                       f"{kind_of(label)}")
         texts.append(text)
         if pairs is not None:
             pairs.append(pair)
@@ -99,13 +102,16 @@ def read_examples(path: Path, spec: DataSpec, need_label: bool = True) -> Exampl
 
 
 def _text(value: object, where: str, column: str, errors: ErrorCollector) -> str:
+    """Only strings are text: a JSON list or object would be trained on as its Python repr."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         errors.add(f"{where}: missing text in column '{column}'")
         return ""
-    text = str(value)
-    if not text.strip():
+    if not isinstance(value, str):
+        errors.add(f"{where}: column '{column}': expected text, found {kind_of(value)}")
+        return ""
+    if not value.strip():
         errors.add(f"{where}: empty text in column '{column}'")
-    return text
+    return value
 
 
 def _int_like(value: object) -> bool:
@@ -161,18 +167,27 @@ def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Ex
     return examples.subset(train), examples.subset(sorted(held_out))
 
 
+def require_two_classes(train: Examples, names: list[str], path: Path, sampled: bool = False) -> None:
+    """Training data of one class trains a constant classifier without a word of warning."""
+    found = sorted(set(train.labels))
+    if len(found) < 2:
+        after = f" (after data.limit sampled {len(train)} rows)" if sampled else ""
+        raise DataError(f"{path}: every training example has the label '{names[found[0]]}'{after}; a classifier "
+                        "needs examples of at least 2 classes")
+
+
 def build_classification_data(spec: DataSpec, seed: int) -> ClassificationData:
     train = read_examples(spec.train_file, spec)
     names = list(spec.labels) if spec.labels else infer_label_names(train.raw_labels)
-    if len(names) < 2:
-        raise DataError(f"{spec.train_file}: found only the label {names}; classification needs at least 2")
     encode_labels(train, names, declared=bool(spec.labels))
+    require_two_classes(train, names, spec.train_file)
     if spec.eval_file is not None:
         eval_examples = read_examples(spec.eval_file, spec)
         encode_labels(eval_examples, names, declared=bool(spec.labels))
-        train = sample(train, spec.limit, seed)
-    else:
-        train = sample(train, spec.limit, seed)
+    train = sample(train, spec.limit, seed)
+    if spec.limit is not None:
+        require_two_classes(train, names, spec.train_file, sampled=True)
+    if spec.eval_file is None:
         train, eval_examples = stratified_split(train, spec.eval_fraction, seed)
     eval_examples = sample(eval_examples, spec.eval_limit, seed)
     return ClassificationData(names, train, eval_examples)

@@ -2,7 +2,9 @@
 
 Inputs: SQuAD v1.1/v2 nested JSON (data[].paragraphs[].qas[]) or flat jsonl/csv rows with question,
 context and answers ({"text": [...], "answer_start": [...]} or a list of {"text", "answer_start"}).
-A missing field is fatal (every bad record listed with its id and place). An answer whose text is not at
+A missing field is fatal (every bad record listed with its id and place), and so is a question of a SQuAD JSON
+file without answers unless it is marked `is_impossible: true` (v2): in a v1 file it is a broken record that
+would train the model to answer nothing. An answer whose text is not at
 its answer_start in the context is a bad record too, but a common one in real data: such questions are
 skipped from training and counted, never silently; evaluation scores by answer text, so they stay there.
 """
@@ -42,25 +44,35 @@ def read_questions(path: Path, need_answers: bool = True) -> list[Question]:
 
 
 def _read_squad_json(path: Path, need_answers: bool) -> list[Question]:
+    from tlscale.data.readers import DuplicateKey, load_json
+
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = load_json(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError, DuplicateKey) as exc:
         raise DataError(f"{path}: not a SQuAD JSON file ({str(exc).splitlines()[0]})") from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise DataError(f"{path}: expected SQuAD JSON with a top-level 'data' list of articles")
     questions, problems = [], []
     for a, article in enumerate(document["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            context = paragraph.get("context")
-            for q, qa in enumerate(paragraph.get("qas", [])):
-                where = f"{path}:data[{a}].paragraphs[{p}].qas[{q}]"
-                raw = {"id": qa.get("id"), "question": qa.get("question"), "context": context,
-                       "answers": qa.get("answers", []), "is_impossible": qa.get("is_impossible", False)}
-                question = _question(raw, a, where, problems, need_answers)
+        for p, paragraph in enumerate(_objects(article, "paragraphs", f"{path}:data[{a}]", problems)):
+            where_p = f"{path}:data[{a}].paragraphs[{p}]"
+            for q, qa in enumerate(_objects(paragraph, "qas", where_p, problems)):
+                raw = {"id": qa.get("id"), "question": qa.get("question"), "context": paragraph.get("context"),
+                       "answers": qa.get("answers"), "is_impossible": qa.get("is_impossible", False)}
+                question = _question(raw, a, f"{where_p}.qas[{q}]", problems, need_answers)
                 if question is not None:
                     questions.append(question)
     _raise_if(problems, path)
     return questions
+
+
+def _objects(parent: object, key: str, where: str, problems: list[str]) -> list[dict]:
+    """parent[key] as a list of objects; anything else is one problem, not a traceback."""
+    children = parent.get(key, []) if isinstance(parent, dict) else None
+    if not isinstance(children, list) or not all(isinstance(child, dict) for child in children):
+        problems.append(f"{where}: expected an object with a list of objects under '{key}'")
+        return []
+    return children
 
 
 def _read_flat(path: Path, need_answers: bool) -> list[Question]:
@@ -87,18 +99,31 @@ def _read_flat(path: Path, need_answers: bool) -> list[Question]:
 def _question(raw: dict, article: int, where: str, problems: list[str], need_answers: bool = True) -> Question | None:
     qid = raw.get("id")
     label = f"{where} (id {qid})" if qid is not None else where
-    missing = [k for k in ("question", "context") if not isinstance(raw.get(k), str) or not raw.get(k).strip()]
+    missing = [k for k in ("question", "context") if raw.get(k) is None or (isinstance(raw[k], str)
+                                                                            and not raw[k].strip())]
     if missing:
         problems.append(f"{label}: missing or empty {', '.join(missing)}")
+        return None
+    not_text = [k for k in ("question", "context") if not isinstance(raw[k], str)]
+    if not_text:
+        from tlscale.data.readers import kind_of
+
+        problems.extend(f"{label}: {k}: expected text, found {kind_of(raw[k])}" for k in not_text)
         return None
     texts, starts = _answers(raw.get("answers"))
     if texts is None:
         problems.append(f"{label}: answers: expected a list of {{text, answer_start}} or {{text: [...], "
                         f"answer_start: [...]}}, found {type(raw.get('answers')).__name__}")
         return None
-    if need_answers and not texts and not _truthy(raw.get("is_impossible")) and "answers" not in raw:
-        problems.append(f"{label}: missing answers")
-        return None
+    impossible = raw.get("is_impossible")
+    if need_answers and not texts and not _truthy(impossible):
+        if raw.get("answers") is None:
+            problems.append(f"{label}: missing answers")
+            return None
+        if impossible is not None:  # SQuAD JSON, or a row that says it is answerable
+            problems.append(f"{label}: no answers; a SQuAD v1 question needs at least one (an unanswerable v2 "
+                            "question says is_impossible: true)")
+            return None
     return Question(id=str(qid if qid is not None else where), question=raw["question"].strip(),
                     context=raw["context"], answers=texts, starts=starts, article=article, where=label)
 
@@ -112,9 +137,11 @@ def _answers(value) -> tuple[list[str] | None, list[int]]:
         texts, starts = [a["text"] for a in value], [a.get("answer_start") for a in value]
     else:
         return None, []
-    if len(starts) != len(texts) or not all(isinstance(s, int) for s in starts):
+    if len(starts) != len(texts) or not all(isinstance(s, int) and not isinstance(s, bool) for s in starts):
         return None, []
-    return [str(t) for t in texts], list(starts)
+    if not all(isinstance(t, str) for t in texts):
+        return None, []
+    return list(texts), list(starts)
 
 
 def _truthy(value) -> bool:

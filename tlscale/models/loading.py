@@ -60,10 +60,41 @@ def _load_error(path: str, exc: Exception) -> ConfigError:
     return ConfigError(f"model.name_or_path: cannot load '{path}': {str(exc).splitlines()[0]}")
 
 
+# Models whose position ids start after the padding index: max_position_embeddings - (pad + 1) are usable.
+OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text"}
+
+
+def max_positions(config) -> int | None:
+    """Tokens the model has position embeddings for (BERT-, GPT-2- and Llama-shaped configs); None if unknown."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if getattr(config, "model_type", None) in OFFSET_POSITIONS:
+                value -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return value
+    return None
+
+
+def check_max_length(spec: ModelSpec, path: str) -> None:
+    """A sequence longer than the position embeddings crashes (BERT: an index error) or degrades silently
+    (rotary models) in the middle of training; every path that tokenizes passes here first."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    limit = max_positions(config)
+    if limit is not None and spec.max_length > limit:
+        raise ConfigError(f"model.max_length: expected at most {limit} ('{spec.name_or_path}' has {limit} position "
+                          f"embeddings), found {spec.max_length}")
+
+
 def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(spec.name_or_path)
+    check_max_length(spec, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

