@@ -82,3 +82,15 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.Comp
     """The real `tlscale` command in a subprocess."""
     return subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(predicate, timeout: float = 180.0) -> bool:
+    """Poll until predicate() holds (True) or the timeout passes (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False

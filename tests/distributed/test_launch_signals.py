@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import tiny_spec, write_spec
+from tests.conftest import tiny_spec, wait_for, write_spec
 from tlscale.errors import RunStateError
 from tlscale.run_folder import claim
 
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.distributed
 def start(path, *extra):
     return subprocess.Popen([sys.executable, "-m", "tlscale", "train", str(path), "--no-progress", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for(predicate, timeout=180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def lock_is_free(run):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, tiny_spec, write_spec
+from tests.conftest import run_cli, tiny_spec, wait_for, write_spec
 
 
 def train(spec_path, *extra):
@@ -163,17 +163,6 @@ def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path, spec):
     train(write_spec(tmp_path / "spec.yaml", spec))
 
 
-def _wait_for(predicate, timeout=120.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _start(spec_path, *extra):
     import subprocess
     import sys
@@ -194,7 +183,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, spec, signal_n
     train(reference)
     process = _start(victim)
     latest = tmp_path / "victim" / "checkpoints" / "latest.json"
-    assert _wait_for(latest.exists), process.communicate()[0]
+    assert wait_for(latest.exists), process.communicate()[0]
     process.send_signal(getattr(signals, signal_name))
     output = process.communicate(timeout=120)[0]
     if signal_name == "SIGTERM":
