@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import tiny_spec, write_spec
 from tlscale.cli import app
-from tlscale.errors import ConfigError
+from tlscale.errors import ConfigError, DataError
 from tlscale.spec import load_spec
 
 runner = CliRunner()
@@ -440,3 +440,281 @@ def test_cli_numbers_out_of_range(base, case):
     output = expect_error([names.get(a, a) for a in args], f"Invalid value for {option}")
     assert "greater than or equal to 1" in " ".join(output.replace("│", " ").split())  # typer's box wraps lines
     assert not (tmp_path / "run").exists() and not (tmp_path / "out.jsonl").exists()
+
+
+# ---- extractive QA windows: questions that leave no room for the context ------------------------
+
+
+PARIS = "Paris is the capital of France and its largest city, on the Seine. " * 12  # several windows at 96 tokens
+LONG_QUESTION = "Which city " + "on the river that flows through the north of the country " * 10 + "is the capital?"
+
+
+def qa_rows(path, questions: dict[str, str], answers: dict | None = None):
+    rows = [{"id": qid, "question": question, "context": PARIS,
+             "answers": (answers or {}).get(qid, {"text": ["Paris"], "answer_start": [0]})}
+            for qid, question in questions.items()]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def flat_qa_spec(tmp_path, train_file, max_length=96, **qa):
+    return write_spec(tmp_path / "spec.yaml", {
+        "task": "extractive_qa", "seed": 7, "output_dir": str(tmp_path / "run"),
+        "model": {"name_or_path": "tiny:bert", "max_length": max_length},
+        "data": {"train_file": str(train_file), "eval_file": str(train_file)}, "qa": {"doc_stride": 32, **qa}})
+
+
+def question_tokens(text: str) -> int:
+    from tlscale.models import load_tokenizer
+    from tlscale.spec.schema import ModelSpec
+
+    return len(load_tokenizer(ModelSpec(name_or_path="tiny:bert")).tokenize(text))
+
+
+def test_question_longer_than_max_length(tmp_path):
+    """Was `Exception: Truncation error: Sequence to truncate too short` from tokenizers, with a traceback."""
+    bad = qa_rows(tmp_path / "qa.jsonl", {"q1": "What is the capital of France?", "q2": LONG_QUESTION})
+    n = question_tokens(LONG_QUESTION)
+    assert n > 96
+    output = expect_error(["validate", flat_qa_spec(tmp_path, bad)],
+                          f"{bad}:2 (id q2): the question is {n} tokens; model.max_length 96 minus the question and 3 "
+                          "special tokens leaves 0 tokens of context per window, which must be more than "
+                          "qa.doc_stride (32); raise model.max_length, lower qa.doc_stride or shorten the question")
+    assert "(id q1)" not in output
+
+
+def test_doc_stride_larger_than_the_room_left_by_the_question(tmp_path):
+    """max_length 24, doc_stride 4 and a 19-token question leave 2 context tokens a window: was a tokenizers
+    PanicException ('`stride` must be strictly less than `max_len=2`')."""
+    question = "Which city on the river Seine is the capital of the country of France, and its largest?"
+    n = question_tokens(question)
+    left = 24 - 3 - n
+    assert 0 < left <= 4, n
+    bad = qa_rows(tmp_path / "qa.jsonl", {"q1": "Capital?", "q2": question})
+    output = expect_error(["validate", flat_qa_spec(tmp_path, bad, max_length=24, doc_stride=4)],
+                          f"{bad}:2 (id q2): the question is {n} tokens; model.max_length 24 minus the question and 3 "
+                          f"special tokens leaves {left} tokens of context per window, which must be more than "
+                          "qa.doc_stride (4)")
+    assert "(id q1)" not in output and "PanicException" not in output
+    expect_valid(["validate", flat_qa_spec(tmp_path, bad, max_length=24, doc_stride=left - 1)])
+
+
+def test_long_question_with_a_context_that_fits_needs_no_stride(tmp_path):
+    from tlscale.data.qa import Question
+    from tlscale.data.qa_windows import make_windows
+    from tlscale.models import load_tokenizer
+    from tlscale.spec.schema import ModelSpec
+
+    tokenizer = load_tokenizer(ModelSpec(name_or_path="tiny:bert", max_length=24))
+    question = "Which city on the river Seine is the capital of the country of France, and its largest?"
+    fits = Question("q1", question, "Paris.", ["Paris"], [0], -1, "q:1")
+    assert 24 - 3 - question_tokens(question) <= 4  # no room for a stride of 4, but no need for one either:
+    assert question_tokens(question) + question_tokens("Paris.") + 3 <= 24  # the whole context fits
+    windows = make_windows([fits], tokenizer, 24, 4)
+    assert len(windows) == 1 and windows.start_positions == windows.end_positions != [0]
+    with pytest.raises(DataError, match="q:1: the question is 19 tokens"):
+        make_windows([Question("q1", question, PARIS, ["Paris"], [0], -1, "q:1")], tokenizer, 24, 4)
+
+
+def test_long_question_is_a_data_error_where_predict_windows(tmp_path):
+    """`tlscale predict` on a QA checkpoint windows its input with the trained max_length and doc_stride."""
+    from tlscale.models.loading import build_qa_model, load_tokenizer
+    from tlscale.spec.schema import ModelSpec
+
+    checkpoint = tmp_path / "model"
+    model_spec = ModelSpec(name_or_path="tiny:bert", max_length=24)
+    build_qa_model(model_spec).save_pretrained(checkpoint)
+    load_tokenizer(model_spec).save_pretrained(checkpoint)
+    (checkpoint / "tlscale_spec.yaml").write_text(yaml.safe_dump(
+        {"task": "extractive_qa", "model": {"name_or_path": "tiny:bert", "max_length": 24}, "qa": {"doc_stride": 4}}))
+    asked = tmp_path / "asked.jsonl"
+    asked.write_text(json.dumps({"id": "p1", "question": "Capital?", "context": PARIS}) + "\n"
+                     + json.dumps({"id": "p2", "question": LONG_QUESTION, "context": PARIS}) + "\n")
+    expect_error(["predict", "--checkpoint", checkpoint, "--input", asked, "--output", tmp_path / "answers.jsonl"],
+                 f"{asked}:2 (id p2): the question is {question_tokens(LONG_QUESTION)} tokens",
+                 "more than qa.doc_stride (4)")
+    assert not (tmp_path / "answers.jsonl").exists()
+    assert invoke("predict", "--checkpoint", checkpoint, "--input", qa_rows(tmp_path / "ok.jsonl", {"p1": "Capital?"}),
+                  "--output", tmp_path / "answers.jsonl")[0] == 0
+
+
+def test_windows_cover_the_context_whatever_the_padding_side():
+    """A left-padding tokenizer (Llama's) used to window the question and keep the whole context: a truncation
+    error on any context longer than max_length."""
+    from tlscale.data.qa import Question
+    from tlscale.data.qa_windows import make_windows
+    from tlscale.models import load_tokenizer
+    from tlscale.spec.schema import ModelSpec
+
+    tokenizer = load_tokenizer(ModelSpec(name_or_path="tiny:bert", max_length=64))
+    question = Question("q1", "What is the capital?", PARIS, ["Paris"], [0], -1, "q:1")
+    right = make_windows([question], tokenizer, 64, 16)
+    tokenizer.padding_side = "left"
+    left = make_windows([question], tokenizer, 64, 16)
+    assert len(left) > 1 and left.input_ids == right.input_ids and left.offsets == right.offsets
+    assert left.start_positions[0] > 0
+
+
+# ---- SQuAD v1 vs v2: unanswerable questions need qa.version v2 -----------------------------------
+
+
+def test_flat_rows_without_answers_need_v2(tmp_path):
+    empty = {"text": [], "answer_start": []}
+    bad = qa_rows(tmp_path / "qa.jsonl", {"q1": "Capital?", "q2": "Largest city?", "q3": "River?"},
+                  answers={"q2": empty, "q3": empty})
+    output = expect_error(["validate", flat_qa_spec(tmp_path, bad)],
+                          f"{bad}:2 (id q2): no answers (an unanswerable question), but qa.version is v1",
+                          f"{bad}:3 (id q3): no answers", "set qa.version: v2 for unanswerable questions")
+    assert "(id q1)" not in output
+    expect_valid(["validate", flat_qa_spec(tmp_path, bad, version="v2")])
+
+
+def test_squad_is_impossible_needs_v2(tmp_path):
+    bad = tmp_path / "squad2.json"
+    bad.write_text(json.dumps(squad([], is_impossible=True)))
+    expect_error(["validate", qa_spec(tmp_path, bad)],
+                 f"{bad}:data[0].paragraphs[0].qas[1] (id a2): no answers (an unanswerable question), but qa.version "
+                 "is v1", "set qa.version: v2")
+    expect_error(["validate", qa_spec(tmp_path, bad, version="v1")], "(id a2): no answers", "set qa.version: v2")
+
+
+# ---- weight decay and a diverged loss ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["1.5", "1000"])
+def test_weight_decay_above_one(base, value):
+    tmp_path, spec = base
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    expect_error(["validate", path, f"training.weight_decay={value}"],
+                 "training.weight_decay: Input should be less than or equal to 1")
+    expect_valid(["validate", path, "training.weight_decay=0.1", "--no-check-data"])
+
+
+def test_diverged_loss_names_every_usual_cause():
+    from tlscale.train.loop import TrainingDiverged, _check_finite
+
+    _check_finite(2.5, 7, 1e-3)
+    with pytest.raises(TrainingDiverged) as caught:
+        _check_finite(float("nan"), 7, 1e-3)
+    message = str(caught.value)
+    assert message.startswith("training: the training loss became nan at step 7 (learning rate 0.001)")
+    for cause in ("training.lr", "training.weight_decay", "training.warmup_ratio", "data"):
+        assert cause in message
+    with pytest.raises(TrainingDiverged, match=r"at step 1 .*before any update: check the data") as caught:
+        _check_finite(float("inf"), 1, 1e-3)
+    assert "training.lr" not in str(caught.value)  # no update has happened: not the learning rate
+
+
+# ---- LoRA target modules checked by validate, on the model's skeleton ----------------------------
+
+
+@pytest.fixture
+def no_weights_read(monkeypatch):
+    """Reading pretrained weights fails: validate must check the targets without them."""
+    from transformers import PreTrainedModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validate read the model's weights")
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+
+
+@pytest.mark.parametrize("strategy", ["lora", "qlora"])
+def test_lora_targets_that_are_not_modules(base, no_weights_read, strategy):
+    tmp_path, spec = base
+    spec["strategy"] = {"name": strategy, "target_modules": ["q_proj", "query"]}
+    if strategy == "qlora":
+        pytest.importorskip("bitsandbytes")
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    expect_error(["validate", path, "--no-check-data"], f"{path}:{line_of(path.read_text(), 'target_modules')}: "
+                 "strategy.target_modules: ['q_proj'] are not modules of this model ('bert'); layers LoRA can adapt "
+                 "here: dense, key", "query, token_type_embeddings, value")
+
+
+def test_lora_target_that_is_a_block_not_a_layer(base, no_weights_read):
+    """PEFT raised `ValueError: Target module BertAttention(...) is not supported` once the model was built."""
+    tmp_path, spec = base
+    spec["strategy"] = {"name": "lora", "target_modules": ["attention"]}
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    expect_error(["validate", path, "--no-check-data"], "strategy.target_modules: 'attention' names BertAttention, "
+                 "which LoRA cannot adapt", "layers LoRA can adapt here: dense, key")
+    spec["strategy"] = {"name": "lora"}
+    path = write_spec(tmp_path / "spec.yaml", spec)  # the same target as an override: no line to name
+    expect_error(["validate", path, "--no-check-data", "strategy.target_modules=[attention]"],
+                 f"{path}: strategy.target_modules: 'attention' names BertAttention")
+
+
+@pytest.mark.parametrize("targets", [None, ["query", "value"], ["self.query"]])
+def test_lora_targets_that_exist_are_valid_without_weights(base, no_weights_read, targets):
+    tmp_path, spec = base
+    spec["strategy"] = {"name": "lora", **({"target_modules": targets} if targets else {})}
+    expect_valid(["validate", write_spec(tmp_path / "spec.yaml", spec), "--no-check-data"])
+
+
+def test_lora_apply_refuses_a_block_before_peft_does():
+    from tlscale.models import build_classifier
+    from tlscale.spec.schema import ModelSpec, StrategySpec
+    from tlscale.strategies import build_strategy
+
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
+    with pytest.raises(ConfigError, match="'attention' names BertAttention, which LoRA cannot adapt"):
+        build_strategy(StrategySpec(name="lora", target_modules=["attention"])).apply(model)
+    adapted = build_strategy(StrategySpec(name="lora", target_modules=["self.query"])).apply(model)
+    assert any("query.lora_A" in name for name, _ in adapted.named_parameters())
+
+
+# ---- validate reads the spec before torch: a typo comes back at once ------------------------------
+
+
+def test_spec_loads_without_torch(base):
+    import subprocess
+    import sys
+
+    tmp_path, spec = base
+    good = write_spec(tmp_path / "spec.yaml", spec)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(good.read_text().replace("epochs:", "epocs:"))
+    check = ("import sys\nfrom tlscale.cli import app\nfrom typer.testing import CliRunner\n"
+             f"result = CliRunner().invoke(app, ['validate', {str(typo)!r}])\n"
+             "print(result.exit_code, result.output)\n"
+             "from tlscale.spec import load_spec\n"
+             f"load_spec({str(good)!r}, ['training.metric_for_best=accuracy'])\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'tlscale.tasks') if m in sys.modules))\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 ") and "training.epocs: unknown key 'epocs'" in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("[]"), done.stdout  # nothing heavy imported for the spec
+    assert time.perf_counter() - start < 30
+
+
+def test_builtin_tables_are_the_registries():
+    from tlscale.spec.schema import BUILTIN_STRATEGIES, BUILTIN_TASK_METRICS
+    from tlscale.strategies import STRATEGIES
+    from tlscale.tasks import TASKS
+
+    assert {name: set(metrics) for name, metrics in BUILTIN_TASK_METRICS.items()} == \
+        {name: set(TASKS.get(name).metrics) for name in BUILTIN_TASK_METRICS}
+    assert set(BUILTIN_TASK_METRICS) <= set(TASKS.names()) and set(BUILTIN_STRATEGIES) <= set(STRATEGIES.names())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task=text_classificaton", "task: unknown task 'text_classificaton'. Did you mean 'text_classification'? "
+                                "Available: causal_lm, extractive_qa, text_classification"),
+    ("training.metric_for_best=f1", "training.metric_for_best: expected one of ['accuracy', 'auto', 'ece', "
+                                    "'f1_macro', 'loss'], found 'f1'"),
+    ("strategy.name=lorra", "strategy.name: unknown strategy 'lorra'. Did you mean 'lora'? Available: "
+                            "feature_extraction, full, gradual_unfreeze, lora, partial, qlora"),
+])
+def test_task_strategy_and_metric_mistakes_named_as_before(base, override, message):
+    """Worded alike whether the registries were imported (here) or not (the table in tlscale.spec.schema)."""
+    import subprocess
+    import sys
+
+    tmp_path, spec = base
+    path = write_spec(tmp_path / "spec.yaml", spec)
+    expect_error(["validate", path, override], message)
+    check = (f"from tlscale.spec import load_spec\ntry:\n    load_spec({str(path)!r}, [{override!r}])\n"
+             "except Exception as exc:\n    print(exc)\nimport sys\nprint('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert message in " ".join(done.stdout.split()) and done.stdout.rstrip().endswith("False"), done.stdout

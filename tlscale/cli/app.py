@@ -71,13 +71,26 @@ def _load(spec: Path, overrides: list[str] | None):
 def validate(spec: SpecArg, overrides: Overrides = None,
              check_data: Annotated[bool, typer.Option(help="Also read the data files and check columns/labels.")] = True):
     """Check a spec (and its data files) without training."""
+    job = _load(spec, overrides)  # first, before torch and transformers load: a typo comes back in about a second
     from tlscale.models import load_tokenizer, resolve_model_path
     from tlscale.strategies import build_strategy
+    from tlscale.strategies.lora import Lora
     from tlscale.tasks import build_task
 
-    job = _load(spec, overrides)
     resolve_model_path(job.model.name_or_path)
-    build_strategy(job.strategy).load_options()  # qlora: bitsandbytes present and working here
+    strategy = build_strategy(job.strategy)
+    strategy.load_options()  # qlora: bitsandbytes present and working here
+    if isinstance(strategy, Lora) and not job.fewshot:
+        try:
+            strategy.check_targets(job.model)  # on the model's skeleton (meta device): no weights read
+        except TlscaleError as exc:  # name the spec line of strategy.target_modules (or of strategy), as load_spec does
+            from tlscale.spec.loading import _key_lines, _line_of, _read_text, parse_yaml
+
+            overridden = any(o.split("=", 1)[0].strip().startswith("strategy") for o in overrides or [])
+            node = None if overridden else parse_yaml(_read_text(spec))[1]
+            line = _line_of(("strategy", "target_modules"), _key_lines(node)) if node is not None else None
+            where = f"{spec}:{line}" if line else str(spec)
+            raise type(exc)([f"{where}: {m}" if m.startswith("strategy.") else m for m in exc.messages]) from None
     if job.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tlscale.data.qa import Question
-from tlscale.errors import ConfigError
+from tlscale.errors import ConfigError, DataError
+
+MAX_REPORTED = 20
 
 
 @dataclass
@@ -30,12 +32,13 @@ def make_windows(questions: list[Question], tokenizer, max_length: int, doc_stri
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError("model.name_or_path: extractive QA needs a fast tokenizer (character offsets)")
     if doc_stride >= max_length // 2:
-        raise ConfigError(f"data.doc_stride: must be well below max_length/2 ({max_length // 2}), found {doc_stride}")
-    pad_right = tokenizer.padding_side == "right"
-    encoded = tokenizer([q.question for q in questions], [q.context for q in questions],
-                        truncation="only_second" if pad_right else "only_first", max_length=max_length,
-                        stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                        padding=False)
+        raise ConfigError(f"qa.doc_stride: must be below model.max_length / 2 ({max_length // 2}), found {doc_stride}")
+    check_room(questions, tokenizer, max_length, doc_stride)
+    # Question first, context second and windowed, whatever the tokenizer's padding side: windows are not padded
+    # here (collate_windows pads on the right), and offsets below take the context as sequence 1.
+    encoded = tokenizer([q.question for q in questions], [q.context for q in questions], truncation="only_second",
+                        max_length=max_length, stride=doc_stride, return_overflowing_tokens=True,
+                        return_offsets_mapping=True, padding=False)
     windows = Windows()
     for i, ids in enumerate(encoded["input_ids"]):
         q = encoded["overflow_to_sample_mapping"][i]
@@ -49,6 +52,37 @@ def make_windows(questions: list[Question], tokenizer, max_length: int, doc_stri
         windows.start_positions.append(start)
         windows.end_positions.append(end)
     return windows
+
+
+def check_room(questions: list[Question], tokenizer, max_length: int, doc_stride: int) -> None:
+    """Every window holds the whole question, the special tokens and a slice of the context that must be longer
+    than doc_stride (consecutive windows overlap by doc_stride tokens). A question that leaves no room for that
+    makes the tokenizer fail (a truncation error, or a panic when doc_stride does not fit), so measure the
+    questions first and name each one that does not fit. A question whose whole context fits in one window needs
+    no stride and is fine."""
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    room = max_length - special  # tokens for the question and a context slice
+    if not questions:
+        return
+    lengths = tokenizer([q.question for q in questions], add_special_tokens=False, verbose=False)["input_ids"]
+    tight = [i for i, ids in enumerate(lengths) if room - len(ids) <= doc_stride]
+    if not tight:
+        return
+    contexts = tokenizer([questions[i].context for i in tight], add_special_tokens=False, verbose=False)["input_ids"]
+    problems = []
+    for i, context in zip(tight, contexts):
+        asked = len(lengths[i])
+        if asked + len(context) <= room:  # one window, no truncation
+            continue
+        left = room - asked
+        problems.append(f"{questions[i].where}: the question is {asked} tokens; model.max_length {max_length} minus "
+                        f"the question and {special} special tokens leaves {max(left, 0)} tokens of context per "
+                        f"window, which must be more than qa.doc_stride ({doc_stride}); raise model.max_length, "
+                        f"lower qa.doc_stride or shorten the question")
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        more = len(problems) - len(shown)
+        raise DataError(shown + ([f"... and {more} more questions too long for the windows"] if more else []))
 
 
 def _label(question: Question, offsets: list[tuple[int, int] | None]) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """The job spec as pydantic v2 models: typed, frozen, unknown keys rejected."""
 from __future__ import annotations
 
+import sys
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -37,6 +38,42 @@ def _scalar_types(annotation: Any, in_list: bool = False) -> set:
     if origin is Literal:
         return {type(arg) for arg in args}
     return {annotation}
+
+
+# The built-in tasks (with the metrics each reports, for metric_for_best) and strategies, as tlscale.tasks and
+# tlscale.strategies register them. Importing those packages imports torch (seconds): a spec is checked against
+# these tables until something has imported the package (a plugin registering a task or strategy has), so that a
+# typo in a spec comes back in about a second. A test keeps them equal to the registries.
+BUILTIN_TASK_METRICS = {
+    "text_classification": ("accuracy", "f1_macro", "loss", "ece"),
+    "extractive_qa": ("f1", "exact_match"),
+    "causal_lm": ("loss", "perplexity"),
+}
+BUILTIN_STRATEGIES = ("full", "feature_extraction", "partial", "gradual_unfreeze", "lora", "qlora")
+
+
+def _registry(package: str, attribute: str):
+    """The registry of package if it has been imported (and may hold plugins), else None."""
+    return getattr(sys.modules.get(package), attribute, None)  # None while not imported (or half imported)
+
+
+def _known_name(registry, kind: str, name: str, builtin) -> None:
+    """ValueError naming the known ones (worded as Registry.unknown words it) when name is not one of them."""
+    if registry is not None:
+        if name not in registry:
+            raise ValueError(registry.unknown(name))
+    elif name not in builtin:
+        from tlscale.errors import did_you_mean
+
+        raise ValueError(f"unknown {kind} '{name}'.{did_you_mean(name, builtin)} "
+                         f"Available: {', '.join(sorted(builtin))}")
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metrics of a known task; ValueError naming the known tasks otherwise."""
+    tasks = _registry("tlscale.tasks", "TASKS")
+    _known_name(tasks, "task", task, BUILTIN_TASK_METRICS)
+    return tuple(tasks.get(task).metrics) if tasks is not None else BUILTIN_TASK_METRICS[task]
 
 
 class Section(BaseModel):
@@ -141,10 +178,7 @@ class StrategySpec(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        from tlscale.strategies import STRATEGIES
-
-        if name not in STRATEGIES:
-            raise ValueError(STRATEGIES.unknown(name))
+        _known_name(_registry("tlscale.strategies", "STRATEGIES"), "strategy", name, BUILTIN_STRATEGIES)
         return name
 
     @model_validator(mode="after")
@@ -175,7 +209,8 @@ class TrainingSpec(Section):
     batch_size: PositiveInt = Field(16, le=MAX_BATCH)
     grad_accum_steps: PositiveInt = Field(1, le=10_000)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled decay: each step multiplies "
+                                "the weights by 1 - lr x weight_decay (typical 0 to 0.1; above 1 is a mistake).")
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0)
@@ -366,10 +401,7 @@ class JobSpec(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, task: str) -> str:
-        from tlscale.tasks import TASKS
-
-        if task not in TASKS:
-            raise ValueError(TASKS.unknown(task))
+        task_metrics(task)
         return task
 
     @property
@@ -455,9 +487,7 @@ class JobSpec(Section):
 
     @model_validator(mode="after")
     def _metric_known(self) -> JobSpec:
-        from tlscale.tasks import TASKS
-
-        known = set(TASKS.get(self.task).metrics) | {"auto"}
+        known = set(task_metrics(self.task)) | {"auto"}
         if self.training.metric_for_best not in known:
             raise ValueError(
                 f"training.metric_for_best: expected one of {sorted(known)}, found '{self.training.metric_for_best}'"

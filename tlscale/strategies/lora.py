@@ -6,6 +6,7 @@ from torch import nn
 
 from tlscale.errors import ConfigError, require
 from tlscale.models.layers import new_head_modules
+from tlscale.spec.schema import ModelSpec, StrategySpec
 from tlscale.strategies.base import STRATEGIES, Strategy
 
 # Attention and MLP projections per architecture (module names as transformers defines them).
@@ -29,20 +30,79 @@ def default_targets(model_type: str) -> list[str]:
     return TARGET_MODULES[model_type]
 
 
+def _adaptable(module: nn.Module) -> bool:
+    """Layers PEFT's LoRA can wrap (bitsandbytes' quantized layers subclass nn.Linear; transformers' Conv1D is
+    GPT-2's transposed Linear)."""
+    return isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)) or \
+        type(module).__name__ == "Conv1D"
+
+
+def resolve_targets(spec: StrategySpec, backbone: nn.Module, model_type: str) -> tuple[list[str], list[nn.Module]]:
+    """The spec's target modules (or the architecture's defaults) and the backbone modules they name, matched as
+    PEFT matches them (a module whose name is the target or ends in '.target'). Every target must name at least
+    one module, and only layers LoRA can adapt (PEFT raises on a block such as BertAttention)."""
+    targets = list(spec.target_modules or default_targets(model_type))
+    modules = [(name, module) for name, module in backbone.named_modules() if name]
+    adaptable = sorted({name.rsplit(".", 1)[-1] for name, module in modules if _adaptable(module)})
+    matched, unknown, blocks = [], [], {}
+    for target in targets:
+        hits = [module for name, module in modules if name == target or name.endswith("." + target)]
+        if not hits:
+            unknown.append(target)
+        others = sorted({type(module).__name__ for module in hits if not _adaptable(module)})
+        if others:
+            blocks[target] = others
+        matched += hits
+    if unknown:
+        raise ConfigError(f"strategy.target_modules: {unknown} are not modules of this model ('{model_type}'); "
+                          f"layers LoRA can adapt here: {_short(adaptable)}")
+    if blocks:
+        named = "; ".join(f"'{target}' names {', '.join(kinds)}" for target, kinds in blocks.items())
+        raise ConfigError(f"strategy.target_modules: {named}, which LoRA cannot adapt (it adapts linear, embedding "
+                          f"and convolution layers); layers LoRA can adapt here: {_short(adaptable)}")
+    return targets, matched
+
+
+def _short(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f" ... ({len(names) - most} more)" if len(names) > most else "")
+
+
+def model_skeleton(model_spec: ModelSpec) -> nn.Module | None:
+    """The backbone (what model.base_model is once loaded) built from its config on the meta device: module
+    names and types without reading or allocating any weight. None when the config names no class AutoModel
+    builds (training then checks the targets on the loaded model)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModel
+
+    from tlscale.models.loading import _load_error, resolve_model_path
+
+    path = resolve_model_path(model_spec.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _load_error(path, exc) from None
+    try:
+        with init_empty_weights():
+            return AutoModel.from_config(config)
+    except Exception:  # noqa: BLE001  (a best-effort early check; training builds the real model)
+        return None
+
+
 @STRATEGIES.register("lora")
 class Lora(Strategy):
+    def check_targets(self, model_spec: ModelSpec) -> None:
+        """`tlscale validate`: the target modules against the model's skeleton, before any weight is read."""
+        skeleton = model_skeleton(model_spec)
+        if skeleton is not None:
+            resolve_targets(self.spec, skeleton, skeleton.config.model_type)
+
     def apply(self, model: nn.Module) -> nn.Module:
         peft = require("peft", "qlora")
         spec = self.spec
         r = spec.r or 8
-        targets = spec.target_modules or default_targets(model.config.model_type)
-        modules = {name.rsplit(".", 1)[-1]: module for name, module in model.base_model.named_modules()}
-        unknown = sorted(set(targets) - set(modules))
-        if unknown:
-            raise ConfigError(f"strategy.target_modules: {unknown} are not modules of this model; "
-                              f"some that are: {sorted(set(modules) - {''})[:12]}")
+        targets, matched = resolve_targets(spec, model.base_model, model.config.model_type)
         # GPT-2 stores its projections transposed (Conv1D); quantized loading turns them into Linear.
-        transposed = any(type(modules[t]).__name__ == "Conv1D" for t in targets)
+        transposed = any(type(module).__name__ == "Conv1D" for module in matched)
         config = peft.LoraConfig(r=r, lora_alpha=spec.alpha or 2 * r, lora_dropout=(
             0.05 if spec.lora_dropout is None else spec.lora_dropout), target_modules=targets,
             bias=spec.bias or "none", fan_in_fan_out=transposed,

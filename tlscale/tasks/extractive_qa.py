@@ -6,7 +6,7 @@ import json
 import torch
 
 from tlscale.data.batching import sequential_batches
-from tlscale.data.qa import drop_misaligned, read_questions, split_by_article
+from tlscale.data.qa import MAX_REPORTED, drop_misaligned, read_questions, split_by_article
 from tlscale.data.qa_windows import make_windows
 from tlscale.errors import DataError
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
@@ -26,12 +26,24 @@ def question_split(spec) -> tuple[list, list, list[str]]:
     else:
         raise DataError("data.eval_file: extractive_qa needs an eval file, or qa.train_articles to split the "
                         "training file by article")
+    if spec.qa.version == "v1":
+        _refuse_unanswerable(train + held_out)
     train, skipped = drop_misaligned(train)
     if not train:
         raise DataError(f"{spec.data.train_file}: no training question has its answer at answer_start")
     train = seeded_sample(train, spec.data.limit, spec.seed)
     held_out = seeded_sample(held_out, spec.data.eval_limit, spec.seed)
     return train, held_out, skipped
+
+
+def _refuse_unanswerable(questions: list) -> None:
+    """qa.version v1 has no "no answer": an unanswerable question (empty answers in a flat file, is_impossible
+    in SQuAD JSON) would train the model to point at nothing and be scored as never answered."""
+    problems = [f"{q.where}: no answers (an unanswerable question), but qa.version is v1, where every question has "
+                "an answer; set qa.version: v2 for unanswerable questions" for q in questions if not q.answers]
+    if problems:
+        more = len(problems) - MAX_REPORTED
+        raise DataError(problems[:MAX_REPORTED] + ([f"... and {more} more unanswerable questions"] if more > 0 else []))
 
 
 @TASKS.register("extractive_qa")

@@ -389,9 +389,15 @@ def _forward_backward(accelerator, model, task, train_set, local_group: list[lis
 
 def _check_finite(loss: float, step: int, lr: float) -> None:
     """A diverged run would crash later (evaluation, gathering) with a confusing error; say what it is."""
-    if not math.isfinite(loss):
-        raise TrainingDiverged(f"training.lr: the training loss became {loss} at step {step} (learning rate "
-                               f"{lr:.3g}); lower training.lr, raise training.warmup_ratio or check the data")
+    if math.isfinite(loss):
+        return
+    where = f"the training loss became {loss} at step {step} (learning rate {lr:.3g})"
+    if step == 1:  # no update yet: neither the learning rate nor weight decay can have caused it
+        raise TrainingDiverged(f"training: {where}, before any update: check the data (empty or extreme inputs, "
+                               "labels out of range) and training.mixed_precision (fp16 overflows)")
+    raise TrainingDiverged(f"training: {where}; the usual causes are training.lr too high, "
+                           "training.weight_decay too high, too short a warmup (raise training.warmup_ratio), "
+                           "fp16 overflow (training.mixed_precision) or bad data (empty or extreme inputs)")
 
 
 def _sum_over_processes(accelerator, loss_sum: float, count: int) -> tuple[float, int]:
