@@ -5,32 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from tests.conftest import tiny_spec, write_spec
-from tlscale.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    result = runner.invoke(app, list(map(str, args)))
-    return result.exit_code, result.output
-
-
-def expect_error(args, *fragments):
-    code, output = invoke(*args)
-    assert code == 2, f"exit {code}, output:\n{output}"
-    assert "Traceback" not in output
-    for fragment in fragments:
-        assert fragment in output, f"{fragment!r} not in:\n{output}"
-    return output
-
-
-@pytest.fixture
-def base(tmp_path, small_sst2):
-    train, dev = small_sst2
-    return tmp_path, tiny_spec(tmp_path / "run", train, dev)
+from tests.conftest import write_spec
+from tests.unit.cli_checks import expect_error
 
 
 def spec_with(tmp_path, spec, **changes):
