@@ -118,6 +118,12 @@ def check_folder_shape(path: Path, field: str = "output_dir") -> Path:
     return resolved
 
 
+def check_output_dir(path: Path) -> None:
+    """What `validate` can tell about output_dir without claiming it: its shape and what it holds."""
+    check_folder_shape(path)
+    _foreign_files_refused(Path(path))
+
+
 class RunClaim:
     """Holds the lock of one run folder. A claim is passed down to workers (fd inheritance) so the lock
     lasts as long as any process of the run lives."""

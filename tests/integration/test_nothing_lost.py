@@ -69,8 +69,9 @@ def train(spec_path: Path, *extra: str, cwd: Path | None = None):
 def test_overwrite_refuses_a_folder_holding_user_files(tmp_path, spec, user_folder):
     before = snapshot(user_folder)
     path = write_spec(tmp_path / "spec.yaml", {**spec, "output_dir": str(user_folder)})
-    for flags in ((), ("--overwrite",), ("--resume",)):
-        result = train(path, *flags)
+    for command in (("validate", str(path)), *(("train", str(path), *flags) for flags in ((), ("--overwrite",),
+                                                                                              ("--resume",)))):
+        result = cli(*command)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "holds files tlscale did not write" in result.stderr and "notes.txt" in result.stderr
     assert snapshot(user_folder) == before
@@ -82,9 +83,9 @@ def test_output_dir_that_is_the_current_folder_is_refused(user_folder, spec, out
     os.environ.pop("RUNS_DIR", None)
     path = write_spec(user_folder / "spec.yaml", {**spec, "output_dir": output_dir})
     before = snapshot(user_folder)
-    result = train(path, "--overwrite", cwd=user_folder)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert ("RUNS_DIR" in result.stderr) if "$" in output_dir else ("current directory" in result.stderr)
+    for result in (train(path, "--overwrite", cwd=user_folder), cli("validate", str(path), cwd=user_folder)):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert ("RUNS_DIR" in result.stderr) if "$" in output_dir else ("current directory" in result.stderr)
     assert snapshot(user_folder) == before
 
 

@@ -72,6 +72,9 @@ def validate(spec: SpecArg, overrides: Overrides = None,
              check_data: Annotated[bool, typer.Option(help="Also read the data files and check columns/labels.")] = True):
     """Check a spec (and its data files) without training."""
     job = _load(spec, overrides)  # first, before torch and transformers load: a typo comes back in about a second
+    from tlscale.run_folder import check_output_dir
+
+    check_output_dir(job.output_dir)  # a file, the current directory, a folder of the user's files: refused
     from tlscale.models import load_tokenizer, resolve_model_path
     from tlscale.strategies import build_strategy
     from tlscale.strategies.lora import Lora
