@@ -18,7 +18,7 @@ import torch
 from common import sst2_spec, trainer_run
 
 from tlscale.spec import spec_from_dict
-from tlscale.train import train
+from tlscale import train
 
 
 def build_model(tokenizer_dir: Path, out: Path, layers: int, hidden: int) -> Path:

@@ -68,7 +68,7 @@ def footprints(path: Path) -> dict:
 
 def train(path: Path, strategy: dict, rows: int, out: Path) -> dict:
     from tlscale.spec import spec_from_dict
-    from tlscale.train import train as run
+    from tlscale import train as run
 
     raw = sst2_spec(out, strategy, rows, epochs=1, batch_size=16, lr=2e-3, model=str(path))
     raw["model"]["max_length"] = 64

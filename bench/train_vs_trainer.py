@@ -12,7 +12,7 @@ from pathlib import Path
 from common import sst2_spec, trainer_run
 
 from tlscale.spec import spec_from_dict
-from tlscale.train import train
+from tlscale import train
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from common import DATA, ROOT
 HOOK = '''
 import gc, json, os, resource
 import torch
-import tlscale.train.loop as loop
-_inner = loop._forward_backward
+import tlscale.training.loop as loop
+_inner = loop.forward_backward
 _best = {"tensor_bytes": 0}
 def _tensor_bytes():
     # every live tensor storage once: parameters, gradients, optimizer states, DeepSpeed's flat buffers
@@ -47,7 +47,7 @@ def _recording(*args, **kwargs):
     with open(os.path.join(os.environ["TLSCALE_MEMLOG"], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
         json.dump(_best, f)
     return result
-loop._forward_backward = _recording
+loop.forward_backward = _recording
 '''
 
 SETTINGS = {

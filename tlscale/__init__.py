@@ -5,14 +5,16 @@ from tlscale.spec import JobSpec, load_spec
 __version__ = "0.1.0"
 
 
-def train(spec, **kwargs):
-    from tlscale.train import train as _train
+def train(spec, **options):
+    """Run a spec with its runner, as `tlscale train` does. options: resume, overwrite, stop_after_steps,
+    show_progress (tlscale.runners.base.RunOptions)."""
+    from tlscale.runners.base import run_training
 
-    return _train(spec, **kwargs)
+    return run_training(spec, **options)
 
 
 def evaluate(spec, checkpoint, **kwargs):
-    from tlscale.runners.evaluate import evaluate_checkpoint
+    from tlscale.inference.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(spec, checkpoint, **kwargs)
 

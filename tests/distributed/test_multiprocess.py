@@ -152,10 +152,10 @@ def test_a_failing_rank_fails_the_run_with_its_error(tmp_path, module_sst2):
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import tlscale.train.loop as loop\n"
+        "    import tlscale.training.loop as loop\n"
         "    def broken(*a, **k):\n"
         "        raise RuntimeError('injected failure on rank 1')\n"
-        "    loop._forward_backward = broken\n"
+        "    loop.forward_backward = broken\n"
     )
     path = spec_for(tmp_path, *module_sst2, "run", {"backend": "ddp", "num_processes": 2})
     env_before = os.environ.get("PYTHONPATH")

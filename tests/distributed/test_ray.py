@@ -129,10 +129,10 @@ ray_runner.RayReporter.log = log_or_die
 """,
     # every attempt of every worker fails
     "fail": """
-import tlscale.train.loop as loop
+import tlscale.training.loop as loop
 def broken(*args, **kwargs):
     raise RuntimeError("injected worker failure: disk on fire")
-loop._forward_backward = broken
+loop.forward_backward = broken
 """,
 }
 

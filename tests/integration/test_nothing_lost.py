@@ -101,13 +101,14 @@ def test_a_failing_overwrite_gives_the_finished_run_back(tmp_path, spec, monkeyp
     """The new run fails after it started (here: a crash at its third step): the finished run it was
     replacing is back in place, byte for byte, and nothing was set aside for good."""
     from tlscale.spec import spec_from_dict
-    from tlscale.train import loop, train as train_in_process
+    from tlscale import train as train_in_process
+    from tlscale.training import loop
 
     job = spec_from_dict(spec)
     train_in_process(job, show_progress=False)
     finished = snapshot(tmp_path / "run")
     calls = []
-    original = loop._forward_backward
+    original = loop.forward_backward
 
     def crash_on_third_step(*args, **kwargs):
         calls.append(1)
@@ -115,7 +116,7 @@ def test_a_failing_overwrite_gives_the_finished_run_back(tmp_path, spec, monkeyp
             raise RuntimeError("out of memory (simulated)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_forward_backward", crash_on_third_step)
+    monkeypatch.setattr(loop, "forward_backward", crash_on_third_step)
     with pytest.raises(RuntimeError, match="simulated"):
         train_in_process(job, overwrite=True, show_progress=False)
     assert len(calls) == 3

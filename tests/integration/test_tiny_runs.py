@@ -114,7 +114,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, spec):
 def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
     """Counted, not timed: epochs after the first must not touch the backbone."""
     from tlscale.spec import spec_from_dict
-    from tlscale.train import train as run_training
+    from tlscale import train as run_training
     from tlscale.models import pooled_classifier
 
     spec["strategy"] = {"name": "feature_extraction"}
@@ -140,7 +140,7 @@ def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
 def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
     """Options that change the loop's arithmetic or data path still train and evaluate."""
     from tlscale.spec import spec_from_dict
-    from tlscale.train import train as run_training
+    from tlscale import train as run_training
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"a": s, "b": s[::-1], "y": int(l)}) + "\n" for s, l in sst2_rows[:120]))

@@ -8,7 +8,7 @@ import torch
 from tlscale.data.causal_lm import prompt_ids, tokenize_lm
 from tlscale.errors import ConfigError
 from tlscale.models.tiny import tiny_model_dir
-from tlscale.runners.generate import Sampling, chat_prompt, complete, cut_at_stop, load_causal_lm
+from tlscale.models.generate import Sampling, chat_prompt, complete, cut_at_stop, load_causal_lm
 
 PROMPTS = ["Review: a gorgeous film. Sentiment:", "Q: what is two plus two?\nA:", "cat ->",
            "A much longer prompt, with several clauses, so that left padding really matters here:"]

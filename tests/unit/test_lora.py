@@ -43,7 +43,7 @@ def test_lora_run_writes_adapter_and_merged_model(tmp_path, small_sst2):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tlscale.train import train
+    from tlscale import train
 
     raw = tiny_spec(tmp_path / "run", *small_sst2, strategy={"name": "lora", "r": 4, "alpha": 8},
                     training={"epochs": 1, "lr": 5e-3, "eval_every_steps": 10})

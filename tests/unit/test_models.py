@@ -50,7 +50,7 @@ def test_verification_catches_an_empty_or_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from tlscale.errors import RunStateError
-    from tlscale.train.verify import batch_loss, verify_saved_model
+    from tlscale.training.verify import batch_loss, verify_saved_model
 
     model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"]).eval()
     model.save_pretrained(tmp_path)

@@ -12,7 +12,7 @@ from tlscale.models import build_classifier
 from tlscale.spec import spec_from_dict
 from tlscale.spec.schema import ModelSpec, StrategySpec
 from tlscale.strategies import build_strategy, count_parameters
-from tlscale.train.checkpoints import merged_copy
+from tlscale.training.checkpoints import merged_copy
 
 pytest.importorskip("bitsandbytes")
 
@@ -83,7 +83,7 @@ def test_qlora_run_writes_adapter_and_dequantized_merge(tmp_path, small_sst2):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from tlscale.train import train
+    from tlscale import train
 
     raw = tiny_spec(tmp_path / "run", *small_sst2, model={"name_or_path": "tiny:gpt2", "max_length": 48},
                     strategy={"name": "qlora", "r": 4}, training={"epochs": 3, "lr": 3e-3, "log_every_steps": 5})

@@ -568,7 +568,7 @@ def test_weight_decay_above_one(base, value):
 
 
 def test_diverged_loss_names_every_usual_cause():
-    from tlscale.train.loop import TrainingDiverged, _check_finite
+    from tlscale.training.loop import TrainingDiverged, _check_finite
 
     _check_finite(2.5, 7, 1e-3)
     with pytest.raises(TrainingDiverged) as caught:
@@ -618,7 +618,8 @@ def test_lora_target_that_is_a_block_not_a_layer(base, no_weights_read):
     spec["strategy"] = {"name": "lora"}
     path = write_spec(tmp_path / "spec.yaml", spec)  # the same target as an override: no line to name
     expect_error(["validate", path, "--no-check-data", "strategy.target_modules=[attention]"],
-                 f"{path}: strategy.target_modules: 'attention' names BertAttention")
+                 "override 'strategy.target_modules=[attention]': strategy.target_modules: 'attention' names "
+                 "BertAttention")
 
 
 @pytest.mark.parametrize("targets", [None, ["query", "value"], ["self.query"]])

@@ -33,7 +33,7 @@ def user_errors(command):
             return command(*args, **kwargs)
         except TlscaleError as exc:
             for message in exc.messages:
-                err.print(f"[bold red]error:[/] {message}", markup=True)
+                err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -43,21 +43,20 @@ def user_errors(command):
 
 
 class _ConsoleLog(logging.Handler):
-    """tlscale's own notes and warnings (e.g. a stale lock taken over) on stderr, as the CLI prints errors."""
+    """tlscale's notes (plain) and warnings on stderr, printed as the CLI prints errors."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = "[yellow]warning:[/]" if record.levelno >= logging.WARNING else "[dim]note:[/]"
-        err.print(f"{level} {escape(record.getMessage())}", markup=True)
+        text = escape(record.getMessage())
+        err.print(f"[yellow]warning:[/] {text}" if record.levelno >= logging.WARNING else text, markup=True)
 
 
 @app.callback()
-def _setup() -> None:
+def _setup(quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+           verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also third-party notes.")] = False) -> None:
     """tlscale: transfer learning from one YAML job spec."""
-    logger = logging.getLogger("tlscale")
-    if not any(isinstance(h, _ConsoleLog) for h in logger.handlers):
-        logger.addHandler(_ConsoleLog())
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    from tlscale.logs import setup_entry_point
+
+    setup_entry_point(-1 if quiet else 1 if verbose else 0, _ConsoleLog())
 
 
 def _load(spec: Path, overrides: list[str] | None):
@@ -75,33 +74,27 @@ def validate(spec: SpecArg, overrides: Overrides = None,
     from tlscale.run_folder import check_output_dir
 
     check_output_dir(job.output_dir)  # a file, the current directory, a folder of the user's files: refused
-    from tlscale.models import load_tokenizer, resolve_model_path
-    from tlscale.strategies import build_strategy
-    from tlscale.strategies.lora import Lora
-    from tlscale.tasks import build_task
+    data = None
+    if job.fewshot:
+        from tlscale.models import resolve_model_path
 
-    resolve_model_path(job.model.name_or_path)
-    strategy = build_strategy(job.strategy)
-    strategy.load_options()  # qlora: bitsandbytes present and working here
-    if isinstance(strategy, Lora) and not job.fewshot:
+        resolve_model_path(job.model.name_or_path)
+        if check_data:
+            from tlscale.runners.local import prepared_data
+
+            data = prepared_data(job)
+    else:
+        from tlscale.runners.local import preflight
+
         try:
-            strategy.check_targets(job.model)  # on the model's skeleton (meta device): no weights read
-        except TlscaleError as exc:  # name the spec line of strategy.target_modules (or of strategy), as load_spec does
-            from tlscale.spec.loading import _key_lines, _line_of, _read_text, parse_yaml
+            data = preflight(job, check_data=check_data)
+        except TlscaleError as exc:  # name the spec lines of what the check blames, as load_spec does
+            from tlscale.spec import locate_messages
 
-            overridden = any(o.split("=", 1)[0].strip().startswith("strategy") for o in overrides or [])
-            node = None if overridden else parse_yaml(_read_text(spec))[1]
-            line = _line_of(("strategy", "target_modules"), _key_lines(node)) if node is not None else None
-            where = f"{spec}:{line}" if line else str(spec)
-            raise type(exc)([f"{where}: {m}" if m.startswith("strategy.") else m for m in exc.messages]) from None
-    if job.distributed.backend == "deepspeed":
-        from tlscale.distributed.deepspeed_config import deepspeed_config
-
-        deepspeed_config(job)
+            raise type(exc)(locate_messages(spec, exc.messages, overrides or [])) from None
     what = f"fewshot {job.fewshot.method}" if job.fewshot else f"strategy {job.strategy.name}"
     summary = f"{spec}: valid ({job.task}, {what})"
-    if check_data:
-        data = build_task(job).prepare(load_tokenizer(job.model))
+    if data is not None:
         summary += f"; {len(data.train)} train / {len(data.eval)} eval inputs"
         if data.label_names:
             summary += f", labels {data.label_names}"
@@ -134,15 +127,17 @@ def train(spec: SpecArg, overrides: Overrides = None,
               min=1, help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train (and evaluate) the job described by SPEC."""
-    from tlscale.runners.local import WorkerFailed, run_training
+    from tlscale.runners.base import RunOptions, WorkerFailed, run_training
+    from tlscale.training.run import stop_on_signals
 
     extra = [f"distributed.num_processes={nproc}"] if nproc else []
     job = _load(spec, (overrides or []) + extra)
+    options = RunOptions(resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps, show_progress=progress)
     try:
-        result = run_training(job, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
-                              show_progress=progress)
+        with stop_on_signals(options.stop):  # SIGTERM / Ctrl-C: checkpoint and stop; twice: at once
+            result = run_training(job, options)
     except WorkerFailed as exc:  # includes a failed Ray run
-        err.print(f"[bold red]error:[/] {exc}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
         raise typer.Exit(1) from None
     if result is not None and not result.interrupted:
         from tlscale.tasks import build_task
@@ -179,7 +174,7 @@ def eval_command(spec: SpecArg, overrides: Overrides = None,
                  checkpoint: Annotated[Path, typer.Option(help="A saved model folder (output_dir/model).")] = ...,
                  output_dir: Annotated[Optional[Path], typer.Option(help="Default: OUTPUT_DIR/eval")] = None):
     """Evaluate a saved model on the spec's evaluation data."""
-    from tlscale.runners.evaluate import evaluate_checkpoint
+    from tlscale.inference.evaluate import evaluate_checkpoint
 
     job = _load(spec, overrides)
     result = evaluate_checkpoint(job, checkpoint, output_dir)
@@ -201,7 +196,7 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
             text_pair_column: Annotated[Optional[str], typer.Option()] = None,
             batch_size: Annotated[int, typer.Option(min=1)] = 64):
     """Label and class probabilities for every row of a file (extractive QA: the answer to every question)."""
-    from tlscale.runners.evaluate import predict_file
+    from tlscale.inference.evaluate import predict_file
 
     count = predict_file(checkpoint, input, output, text_column, text_pair_column, batch_size)
     out.print(f"{count} predictions -> {output}")
@@ -221,7 +216,7 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
              stop: Annotated[Optional[list[str]], typer.Option(help="Cut at this text; repeatable.")] = None):
     """Completions from a fine-tuned causal LM, for a quick look."""
     from tlscale.errors import ConfigError
-    from tlscale.runners.generate import Sampling, chat_prompt, complete, load_causal_lm, read_prompts
+    from tlscale.models.generate import Sampling, chat_prompt, complete, load_causal_lm, read_prompts
 
     prompts = list(prompt or []) + (read_prompts(input) if input else [])
     if not prompts:
@@ -241,7 +236,7 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
                         stop=list(stop or []))
     completions = complete(model, tokenizer, shown, sampling)
     if output is not None:
-        from tlscale.train.checkpoints import write_jsonl_atomic
+        from tlscale.training.checkpoints import write_jsonl_atomic
 
         write_jsonl_atomic(output, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
         out.print(f"{len(completions)} completions -> {output}")
@@ -264,7 +259,7 @@ def export(adapter: Annotated[Path, typer.Argument(help="A LoRA/QLoRA adapter fo
     """Merge an adapter into its base (4-bit bases are dequantized first) and report the eval difference."""
     from tlscale.errors import ConfigError
     from tlscale.models.quantization import DTYPES
-    from tlscale.runners.export import export_merged
+    from tlscale.inference.export import export_merged
 
     if not merge:
         raise ConfigError("export: nothing to do; pass --merge to write a merged model")

@@ -47,6 +47,17 @@ def check_backend(accelerator, spec: JobSpec) -> None:
                            f"{accelerator.distributed_type}; refusing to train with the wrong backend")
 
 
+def fresh_accelerator_state() -> None:
+    """Accelerate keeps process-wide singletons; a second in-process run (notebooks, benchmarks, tests)
+    with other settings would fail on them. Launched processes run once and keep theirs. (Accelerate has
+    no public reset; this is the one its own tests use.)"""
+    from accelerate.state import AcceleratorState, GradientState
+
+    if world_size() == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def finish_worker(exit_code: int) -> None:
     """End a launched worker without the gloo teardown crash (SIGABRT in ~1 of 5 runs otherwise):
     destroy the process group, flush, and leave without running interpreter finalizers."""

@@ -190,7 +190,7 @@ class PromptQA(Prompting):
 
     def run(self, seed: int) -> SeedResult:
         from tlscale.eval.squad import squad_scores
-        from tlscale.runners.generate import Sampling, complete_ids
+        from tlscale.models.generate import Sampling, complete_ids
 
         demos = self.demonstrations(seed)
         prompts = []

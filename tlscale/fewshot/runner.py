@@ -13,7 +13,7 @@ from tlscale.errors import ConfigError
 from tlscale.eval.compare import HEADLINE
 from tlscale.registry import Registry
 from tlscale.spec import JobSpec
-from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
+from tlscale.training.checkpoints import write_json_atomic, write_jsonl_atomic
 
 METHODS: Registry = Registry("fewshot method")
 

@@ -29,7 +29,7 @@ def build_tiny_model(arch: str, path: Path) -> Path:
                               LlamaModel)
 
     from tlscale.models.loading import resolve_model_path
-    from tlscale.train.checkpoints import publish_dir
+    from tlscale.training.checkpoints import publish_dir
 
     if arch not in TINY_ARCHS:
         raise ConfigError(f"model.name_or_path: unknown tiny architecture '{arch}', expected one of {TINY_ARCHS}")

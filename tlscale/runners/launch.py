@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tlscale.logs import log
 from tlscale.spec import JobSpec, dump_spec
+from tlscale.training.run import StopRequest
 
 PARENT_VARIABLE = "TLSCALE_LAUNCHER_PID"
 GRACE_S = 10.0  # after a worker fails, how long the others get to notice before they are killed
@@ -33,8 +35,9 @@ def extensions_dir() -> str:
 
 
 def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int | None, show_progress: bool,
-                 lock_fd: int | None = None) -> int:
-    """Returns 0, 2 (a worker rejected its input) or the failing worker's exit code."""
+                 lock_fd: int | None = None, stop: StopRequest | None = None) -> int:
+    """Returns 0, 2 (a worker rejected its input) or the failing worker's exit code. A stop request (the
+    entry point's SIGTERM or Ctrl-C) reaches the workers as SIGTERM: they checkpoint and exit 0."""
     with tempfile.TemporaryDirectory(prefix="tlscale-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(dump_spec(spec))
@@ -50,43 +53,35 @@ def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int 
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": extensions_dir(),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
                "LOCAL_WORLD_SIZE": str(nproc), PARENT_VARIABLE: str(os.getpid())}
-        return _supervise(command, env, nproc, () if lock_fd is None else (lock_fd,))
+        return _supervise(command, env, nproc, () if lock_fd is None else (lock_fd,), stop or StopRequest())
 
 
-def _supervise(command: list[str], env: dict, nproc: int, pass_fds: tuple[int, ...]) -> int:
-    stops: list[int] = []
-
-    def on_signal(signum, _frame):
-        stops.append(signum)
-        kind = signal.SIGTERM if len(stops) == 1 else signal.SIGKILL
-        if len(stops) == 1:
-            print("stopping: the workers checkpoint at their next step (again to stop them at once)",
-                  file=sys.stderr, flush=True)
-        _signal_all(workers, kind)
-
+def _supervise(command: list[str], env: dict, nproc: int, pass_fds: tuple[int, ...], stop: StopRequest) -> int:
     workers: list[subprocess.Popen] = []
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for rank in range(nproc):
             workers.append(subprocess.Popen(
                 command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, pass_fds=pass_fds,
                 start_new_session=True))  # Ctrl-C reaches only us; we decide what the workers get
-        return _wait(workers)
+        return _wait(workers, stop)
     finally:
         _signal_all(workers, signal.SIGKILL)  # only reaches workers still running (an exception above)
         for worker in workers:
             worker.wait()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
-def _wait(workers: list[subprocess.Popen]) -> int:
-    """Wait for every worker; the first failure stops the rest."""
-    failed_at = None
+def _wait(workers: list[subprocess.Popen], stop: StopRequest) -> int:
+    """Wait for every worker; the first failure stops the rest; a stop request is passed on."""
+    failed_at, forwarded = None, 0
     while True:
         codes = [w.poll() for w in workers]
         if all(c is not None for c in codes):
             break
+        if stop.count > forwarded:
+            forwarded = stop.count
+            if forwarded == 1:
+                log.warning("stopping: the workers checkpoint at their next step (again to stop them at once)")
+            _signal_all(workers, signal.SIGTERM if forwarded == 1 else signal.SIGKILL)
         bad = [c for c in codes if c not in (None, 0)]
         if bad and failed_at is None:
             failed_at = time.monotonic()

@@ -1,36 +1,65 @@
-"""`tlscale train`: in this process, or in N local processes that run the same loop."""
+"""runner: local. In this process (no distribution), or N processes on this machine that run the same loop
+(DDP and DeepSpeed always get a process group, even of one)."""
 from __future__ import annotations
 
 from tlscale.errors import RunStateError
+from tlscale.runners.base import RUNNERS, RunOptions, WorkerFailed
 from tlscale.spec import JobSpec
-from tlscale.train import RunResult
+from tlscale.training.run import RunResult
 
 
-def run_training(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
-                 show_progress: bool) -> RunResult | None:
-    if spec.runner == "ray":
-        from tlscale.runners.ray_runner import run_on_ray
-
-        return run_on_ray(spec, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
-                          show_progress=show_progress)
-    if spec.distributed.backend == "none":  # DDP and DeepSpeed always get a process group, even of one
-        from tlscale.train import train
-
-        return train(spec, resume=resume, overwrite=overwrite, stop_after_steps=stop_after_steps,
-                     show_progress=show_progress)
-    return _launch(spec, resume, overwrite, stop_after_steps, show_progress)
+@RUNNERS.register("local")
+def run_local(spec: JobSpec, options: RunOptions) -> RunResult | None:
+    if spec.distributed.backend == "none":
+        return run_in_process(spec, options)
+    return run_launched(spec, options)
 
 
-def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int | None,
-            show_progress: bool) -> RunResult | None:
+def run_in_process(spec: JobSpec, options: RunOptions) -> RunResult:
+    from tlscale.distributed.accelerate_setup import fresh_accelerator_state
+    from tlscale.logs import keep_run_log, stop_run_log
+    from tlscale.run_folder import claim
+    from tlscale.training.checkpoints import latest_checkpoint
+    from tlscale.training.loop import train
+    from tlscale.training.run import Run
+    from tlscale.training.run_dir import RunDir
+
+    with claim(spec.output_dir, resume=options.resume, overwrite=options.overwrite) as run_claim:
+        folder = RunDir(spec.output_dir)
+        if options.resume and folder.pending_metrics.is_file() and folder.model_dir.is_dir():
+            result = RunResult(folder.path, folder.publish_pending_metrics())  # killed while finishing: finish now
+        else:
+            fresh_accelerator_state()
+            run = Run(folder, checkpoint=latest_checkpoint(folder.path) if options.resume else None,
+                      resuming=options.resume, stop_after_steps=options.stop_after_steps,
+                      show_progress=options.show_progress, stop=options.stop)
+            run_log = keep_run_log(folder.path)
+            try:
+                result = train(spec, run)
+            finally:
+                stop_run_log(run_log)
+        if not result.interrupted:
+            run_claim.succeeded()
+    return result
+
+
+def run_launched(spec: JobSpec, options: RunOptions) -> RunResult | None:
+    from tlscale.logs import keep_run_log, stop_run_log
     from tlscale.run_folder import claim
     from tlscale.runners.launch import launch_local
+    from tlscale.training.run_dir import RunDir
 
-    with claim(spec.output_dir, resume=resume, overwrite=overwrite) as run_claim:
-        run = prepare_launch(spec, resume)
-        if run is None:
-            code = launch_local(spec, spec.distributed.num_processes, resume, stop_after_steps, show_progress,
-                                lock_fd=run_claim.fd)
+    with claim(spec.output_dir, resume=options.resume, overwrite=options.overwrite) as run_claim:
+        folder = RunDir(spec.output_dir)
+        finish_only = options.resume and folder.pending_metrics.is_file() and folder.model_dir.is_dir()
+        if not finish_only:  # (killed after the workers ended, before the metrics were published)
+            preflight(spec, options.resume)
+            run_log = keep_run_log(spec.output_dir)
+            try:
+                code = launch_local(spec, spec.distributed.num_processes, options.resume, options.stop_after_steps,
+                                    options.show_progress, lock_fd=run_claim.fd, stop=options.stop)
+            finally:
+                stop_run_log(run_log)
             if code == 2:
                 raise RunStateError("a worker rejected its input (message above)")
             if code != 0:
@@ -41,35 +70,36 @@ def _launch(spec: JobSpec, resume: bool, overwrite: bool, stop_after_steps: int 
         return result
 
 
-def prepare_launch(spec: JobSpec, resume: bool):
-    """Everything that can be checked before starting workers, so bad input fails once, with exit code 2.
-    Returns None, or the run itself when a resumed run had only its finish left (nothing to launch)."""
-    from tlscale.models import load_tokenizer, resolve_model_path
+def preflight(spec: JobSpec, resume: bool = False, check_data: bool = True):
+    """Everything that can be checked before training starts, so bad input fails once, with exit code 2:
+    `tlscale validate` and every launcher run it. Returns the prepared task data when check_data."""
+    from tlscale.models import resolve_model_path
     from tlscale.strategies import build_strategy
-    from tlscale.tasks import build_task
-    from tlscale.train.checkpoints import check_resumable, latest_checkpoint
-    from tlscale.train.run_dir import RunDir
+    from tlscale.training.checkpoints import check_resumable, latest_checkpoint
 
-    run = RunDir(spec.output_dir)
-    if resume and run.pending_metrics.is_file() and run.model_dir.is_dir():
-        return run  # killed after the workers ended, before the metrics were published
-    checkpoint = latest_checkpoint(run.path) if resume else None
+    checkpoint = latest_checkpoint(spec.output_dir) if resume else None
     if checkpoint is not None:
         check_resumable(checkpoint, spec.distributed.backend, spec.world_size)
     resolve_model_path(spec.model.name_or_path)
-    build_strategy(spec.strategy).load_options()  # qlora: a missing or broken bitsandbytes fails here, once
-    build_task(spec).prepare(load_tokenizer(spec.model))  # bad data fails here, once, with exit code 2
+    build_strategy(spec.strategy).check(spec)  # qlora: bitsandbytes works here; LoRA targets exist
     if spec.distributed.backend == "deepspeed":
         from tlscale.distributed.deepspeed_config import deepspeed_config
 
-        deepspeed_config(spec)  # so does a user DeepSpeed JSON that contradicts the spec
-    return None
+        deepspeed_config(spec)  # a user DeepSpeed JSON that contradicts the spec
+    return prepared_data(spec) if check_data else None  # bad data fails here, once
+
+
+def prepared_data(spec: JobSpec):
+    from tlscale.models import load_tokenizer
+    from tlscale.tasks import build_task
+
+    return build_task(spec).prepare(load_tokenizer(spec.model))
 
 
 def finish_launched_run(spec: JobSpec) -> RunResult | None:
     """After the workers: merge a ZeRO-3 adapter, verify the saved model from this process, then publish
     metrics.json, the last file of a complete run."""
-    from tlscale.train.run_dir import RunDir
+    from tlscale.training.run_dir import RunDir
 
     run = RunDir(spec.output_dir)
     if not run.pending_metrics.exists():
@@ -77,9 +107,9 @@ def finish_launched_run(spec: JobSpec) -> RunResult | None:
     metrics = run.read_pending_metrics()
     adapter = run.path / "model-adapter"
     if adapter.is_dir() and not run.model_dir.exists():  # LoRA under ZeRO-3: the workers held only shards
-        from tlscale.runners.export import export_merged
+        from tlscale.inference.export import export_merged
 
-        export_merged(adapter, run.model_dir, evaluate=False)
+        export_merged(adapter, run.model_dir)
     metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics))
     run.write_metrics(metrics)
     return RunResult(run.path, metrics)
@@ -88,11 +118,9 @@ def finish_launched_run(spec: JobSpec) -> RunResult | None:
 def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
     """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
     from tlscale.models import load_tokenizer
-    from tlscale.models.loading import quiet_loading
     from tlscale.tasks import build_task
-    from tlscale.train.verify import fixed_batch, verify_adapter, verify_saved_model
+    from tlscale.training.verify import fixed_batch, verify_adapter, verify_saved_model
 
-    quiet_loading()
     tokenizer = load_tokenizer(spec.model)
     task = build_task(spec)
     batch = fixed_batch(task, task.prepare(tokenizer).eval, tokenizer.pad_token_id)
@@ -100,9 +128,3 @@ def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
     if (spec.output_dir / "model-adapter").is_dir():
         report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")
     return report
-
-
-class WorkerFailed(Exception):
-    def __init__(self, code: int):
-        self.code = code
-        super().__init__(f"training failed in a worker process (exit code {code}); its error is shown above")

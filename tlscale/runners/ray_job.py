@@ -9,17 +9,19 @@ def main() -> int:
     import yaml
 
     from tlscale.errors import TlscaleError
-    from tlscale.runners.local import WorkerFailed, run_training
+    from tlscale.logs import setup_entry_point
+    from tlscale.runners.base import WorkerFailed, run_training
     from tlscale.runners.ray_jobs import SPEC_VARIABLE
     from tlscale.spec import spec_from_dict
 
+    setup_entry_point()
     text = os.environ.get(SPEC_VARIABLE)
     if not text:
         print(f"error: {SPEC_VARIABLE} is not set; submit jobs with `tlscale submit`", file=sys.stderr)
         return 2
     try:
         spec = spec_from_dict(yaml.safe_load(text))
-        result = run_training(spec, resume=False, overwrite=False, stop_after_steps=None, show_progress=False)
+        result = run_training(spec, show_progress=False)
     except TlscaleError as exc:
         for message in exc.messages:
             print(f"error: {message}", file=sys.stderr)

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from tlscale.errors import ConfigError, require
-from tlscale.runners.local import WorkerFailed
+from tlscale.logs import log
+from tlscale.runners.base import RUNNERS, RunOptions, WorkerFailed
 from tlscale.spec import JobSpec, dump_spec
-from tlscale.train import RunResult
-from tlscale.train.loop import Reporter
+from tlscale.training.run import Reporter, RunResult
 
 MARKER = ".ray-run-id"  # written by the driver; a worker that cannot see it is on unshared storage
 
@@ -35,7 +35,7 @@ class RayReporter(Reporter):
         if self.preemption_checkpoint_step is not None or ray.train.get_preemption_info() is None:
             return False
         self.preemption_checkpoint_step = step
-        print(f"preemption announced: checkpointing at step {step}", flush=True)
+        log.warning(f"preemption announced: checkpointing at step {step}")
         return True
 
     def log(self, metrics: dict, step: int) -> None:
@@ -55,13 +55,18 @@ class RayReporter(Reporter):
         return {"ray": {"workers": self.placement, "preemption_checkpoint_step": self.preemption_checkpoint_step}}
 
 
-def run_on_ray(spec: JobSpec, *, resume: bool, overwrite: bool, stop_after_steps: int | None,
-               show_progress: bool) -> RunResult | None:
+@RUNNERS.register("ray")
+def run_on_ray(spec: JobSpec, options: RunOptions) -> RunResult | None:
     require("ray", "ray")
+    from tlscale.logs import keep_run_log, stop_run_log
     from tlscale.run_folder import claim
 
-    with claim(spec.output_dir, resume=resume, overwrite=overwrite) as run_claim:  # the driver holds the lock
-        result = _fit(spec, resume, stop_after_steps, show_progress)
+    with claim(spec.output_dir, resume=options.resume, overwrite=options.overwrite) as run_claim:  # the driver's
+        run_log = keep_run_log(spec.output_dir)
+        try:
+            result = _fit(spec, options.resume, options.stop_after_steps, options.show_progress)
+        finally:
+            stop_run_log(run_log)
         if result is not None:
             run_claim.succeeded()
         return result
@@ -71,10 +76,13 @@ def _fit(spec: JobSpec, resume: bool, stop_after_steps: int | None, show_progres
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from tlscale.runners.local import finish_launched_run, prepare_launch
+    from tlscale.runners.local import finish_launched_run, preflight
+    from tlscale.training.run_dir import RunDir
 
-    if prepare_launch(spec, resume) is not None:
+    folder = RunDir(spec.output_dir)
+    if resume and folder.pending_metrics.is_file() and folder.model_dir.is_dir():
         return finish_launched_run(spec)  # only the finish was left
+    preflight(spec, resume)
     run_path = Path(spec.output_dir)
     run_id = f"{run_path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     (run_path / MARKER).write_text(run_id)
@@ -111,18 +119,23 @@ def connect(address: str | None) -> None:
 
 
 def worker_loop(config: dict) -> None:
-    """Runs in every Ray Train worker."""
+    """Runs in every Ray Train worker: the entry point of that process's work (its settings are ours)."""
     import os
 
     import ray.train
     import yaml
 
+    from tlscale.logs import keep_run_log, setup_entry_point
     from tlscale.runners.launch import extensions_dir
 
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()  # the same compiled DeepSpeed ops as local launches
+    os.environ["RANK"] = str(ray.train.get_context().get_world_rank())  # Ray sets it later; the log filter needs it
+    setup_entry_point()
     from tlscale.spec import spec_from_dict
-    from tlscale.train import train
-    from tlscale.train.checkpoints import latest_checkpoint
+    from tlscale.training.checkpoints import latest_checkpoint
+    from tlscale.training.loop import train
+    from tlscale.training.run import Run
+    from tlscale.training.run_dir import RunDir
 
     spec = spec_from_dict(yaml.safe_load(config["spec"]))
     marker = Path(spec.output_dir) / MARKER
@@ -131,17 +144,22 @@ def worker_loop(config: dict) -> None:
         raise ConfigError(f"output_dir: '{spec.output_dir}' is not shared with node {node[:12]}; with runner 'ray' "
                           "it must be on storage every node mounts (NFS, a shared volume)")
     reporter = RayReporter(placement())
-    checkpoint = ray.train.get_checkpoint()
-    options = {"launched": True, "reporter": reporter, "show_progress": False,
-               "stop_after_steps": config["stop_after_steps"]}
-    if checkpoint is None:
+    folder = RunDir(spec.output_dir)
+    keep_run_log(folder.path)
+    reported = ray.train.get_checkpoint()
+    if reported is None:
         # A restart whose failure came before Ray registered the last report still finds the run's own
         # checkpoints: the driver refused a non-empty output_dir without --resume, so any there are ours.
-        own = latest_checkpoint(Path(spec.output_dir)) is not None
-        train(spec, resume=config["resume"] or own, **options)
+        own = latest_checkpoint(folder.path)
+        resuming = config["resume"] or own is not None
+        run = Run(folder, checkpoint=own if resuming else None, resuming=resuming, show_progress=False,
+                  stop_after_steps=config["stop_after_steps"], publishes=False)
+        train(spec, run, reporter)
         return
-    with checkpoint.as_directory() as path:  # a restart after a failure: continue from the latest report
-        train(spec, resume=True, resume_from=Path(path), **options)
+    with reported.as_directory() as path:  # a restart after a failure: continue from the latest report
+        run = Run(folder, checkpoint=Path(path), resuming=True, show_progress=False,
+                  stop_after_steps=config["stop_after_steps"], publishes=False)
+        train(spec, run, reporter)
 
 
 def placement() -> list[dict]:

@@ -1,7 +1,9 @@
-"""One process of a multi-process run (started by tlscale.runners.launch)."""
+"""One process of a multi-process run (started by tlscale.runners.launch): an entry point, so it owns
+the process-wide settings (logging, signals) and how the process ends."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 
@@ -19,13 +21,24 @@ def main() -> None:
     from tlscale.runners.launch import die_with_launcher
 
     die_with_launcher()
+    from tlscale.logs import keep_run_log, setup_entry_point
+
+    setup_entry_point()
     code = 0
     try:
         from tlscale.spec import load_spec
-        from tlscale.train import train
+        from tlscale.training.checkpoints import latest_checkpoint
+        from tlscale.training.loop import train
+        from tlscale.training.run import Run, stop_on_signals
+        from tlscale.training.run_dir import RunDir
 
-        train(load_spec(args.spec), resume=args.resume, stop_after_steps=args.stop_after_steps,
-              show_progress=not args.no_progress, launched=True)
+        spec = load_spec(args.spec)
+        folder = RunDir(spec.output_dir)
+        run = Run(folder, checkpoint=latest_checkpoint(folder.path) if args.resume else None, resuming=args.resume,
+                  stop_after_steps=args.stop_after_steps, show_progress=not args.no_progress, publishes=False)
+        keep_run_log(folder.path)
+        with stop_on_signals(run.stop, interrupt_on_second=False):  # the launcher sends SIGKILL after SIGTERM
+            train(spec, run)
     except TlscaleError as exc:
         for message in exc.messages:
             print(f"error: {message}", file=sys.stderr)
@@ -33,6 +46,7 @@ def main() -> None:
     except BaseException:  # noqa: BLE001  (show the failing rank's error, then fail the whole run)
         traceback.print_exc()
         code = 1
+    logging.shutdown()
     finish_worker(code)
 
 

@@ -271,3 +271,30 @@ def dump_spec(spec: JobSpec) -> str:
 
 def json_schema() -> dict:
     return JobSpec.model_json_schema()
+
+
+_FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): ")
+
+
+def locate_messages(path: str | Path, messages: list[str], overrides: list[str] | None = None) -> list[str]:
+    """Checks that run after loading (preflight) blame a field ('strategy.target_modules: ...'); prefix
+    each such message with the spec's file:line of that field, as load_spec's own errors are. A field
+    set by an override is blamed on the override instead."""
+    overridden = {o.split("=", 1)[0].strip(): o for o in overrides or []}
+    try:
+        node = parse_yaml(_read_text(Path(path)))[1]
+    except Exception:  # noqa: BLE001  (the spec loaded a moment ago; if it cannot be read now, say less)
+        node = None
+    lines = _key_lines(node) if node is not None else {}
+    located = []
+    for message in messages:
+        match = _FIELD.match(message)
+        field = match.group(1) if match else None
+        blamed = [text for key, text in overridden.items()
+                  if field is not None and (field == key or field.startswith(key + ".") or key.startswith(field + "."))]
+        if blamed:
+            located.append(f"override '{blamed[0]}': {message}")
+            continue
+        line = _line_of(tuple(field.split(".")), lines) if field else None
+        located.append(f"{path}:{line}: {message}" if line else message)
+    return located

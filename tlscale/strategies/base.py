@@ -19,6 +19,10 @@ class Strategy:
     def __init__(self, spec: StrategySpec):
         self.spec = spec
 
+    def check(self, spec) -> None:
+        """Preflight (validate, launchers): what can fail before any weight is read."""
+        self.load_options()
+
     def load_options(self) -> dict:
         """Extra from_pretrained arguments for the backbone (QLoRA's quantization config)."""
         return {}
@@ -31,6 +35,15 @@ class Strategy:
     def on_step(self, model: nn.Module, step: int, epoch: int, steps_per_epoch: int) -> bool:
         """Called before every optimizer step; returns True if it changed what trains."""
         return False
+
+    def prepare(self, accelerator) -> None:
+        """Once the Accelerator exists: place models of the strategy's own (a distillation teacher) on
+        accelerator.device. The student is prepared by the loop."""
+
+    def loss(self, model: nn.Module, batch: dict, task_loss) -> "torch.Tensor":
+        """The training loss of one micro-batch; task_loss(model, batch) is the task's own. A strategy
+        that adds a term (a teacher's soft targets, a regulariser) wraps it here."""
+        return task_loss(model, batch)
 
 
 def set_trainable(model: nn.Module, names: set[str]) -> None:

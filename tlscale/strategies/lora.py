@@ -90,6 +90,10 @@ def model_skeleton(model_spec: ModelSpec) -> nn.Module | None:
 
 @STRATEGIES.register("lora")
 class Lora(Strategy):
+    def check(self, spec) -> None:
+        super().check(spec)  # qlora: bitsandbytes present and working here
+        self.check_targets(spec.model)
+
     def check_targets(self, model_spec: ModelSpec) -> None:
         """`tlscale validate`: the target modules against the model's skeleton, before any weight is read."""
         skeleton = model_skeleton(model_spec)

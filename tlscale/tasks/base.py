@@ -42,6 +42,11 @@ class Task:
         """A padded batch with labels and an `index` tensor naming the examples."""
         raise NotImplementedError
 
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """The mean loss of one collated batch. A task with several heads or objectives (multi-task,
+        masked LM) computes its own here; strategies may wrap it (Strategy.loss)."""
+        return model(**batch).loss
+
     def weight(self, dataset, indices: list[int]) -> int:
         """How many items the model's mean loss of this batch averages over (examples; tokens for LMs).
         The loop weights each rank's loss by it, so N processes compute one process's gradient."""

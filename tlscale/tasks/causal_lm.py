@@ -78,8 +78,8 @@ class CausalLM(Task):
 
     def _write_generations(self, model, tokenizer, eval_set, path, accelerator) -> None:
         """A few sampled completions of held-out prompts, beside the metrics."""
-        from tlscale.runners.generate import Sampling, complete
-        from tlscale.train.checkpoints import write_jsonl_atomic
+        from tlscale.models.generate import Sampling, complete
+        from tlscale.training.checkpoints import write_jsonl_atomic
 
         lm = self.spec.lm
         prompts = [p for p in eval_set.prompts if p][:lm.generations]

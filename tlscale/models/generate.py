@@ -23,7 +23,7 @@ class Sampling:
 
 def load_causal_lm(checkpoint: str | Path):
     """(model, tokenizer) from a saved causal-LM folder or the run folder holding one (RUN/model)."""
-    from tlscale.runners.evaluate import load_task_model
+    from tlscale.models.saved import load_task_model
 
     return load_task_model(checkpoint, "AutoModelForCausalLM")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tlscale.run_folder import PENDING_METRICS
 from tlscale.spec import JobSpec, dump_spec
-from tlscale.train.checkpoints import checkpoint_root, write_json_atomic
+from tlscale.training.checkpoints import checkpoint_root, write_json_atomic
 
 
 class RunDir:

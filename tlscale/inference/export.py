@@ -47,8 +47,8 @@ def load_adapter_model(adapter: Path):
 def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluate: bool = True) -> dict:
     """Merge (dequantizing a k-bit base first), write a save_pretrained folder, and report how the
     merged model's evaluation differs from the adapter-on-base one."""
-    from tlscale.runners.evaluate import score_on_eval_data
-    from tlscale.train.checkpoints import merged_copy, write_json_atomic, write_model
+    from tlscale.inference.evaluate import score_on_eval_data
+    from tlscale.training.checkpoints import merged_copy, write_json_atomic, write_model
 
     adapter = find_adapter(adapter)
     if Path(output).resolve() in (adapter.resolve(), adapter.parent.resolve()):

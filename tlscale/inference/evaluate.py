@@ -11,7 +11,8 @@ from tlscale.errors import DataError
 from tlscale.run_folder import result_file, result_folder
 from tlscale.eval import classification_metrics, plot_confusion_matrix, predict_probabilities, write_predictions
 from tlscale.spec import JobSpec
-from tlscale.train.checkpoints import write_json_atomic, write_jsonl_atomic
+from tlscale.models.saved import load_task_model
+from tlscale.training.checkpoints import write_json_atomic, write_jsonl_atomic
 
 
 def evaluate_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
@@ -89,10 +90,6 @@ def predict_file(checkpoint: str | Path, input_file: str | Path, output_file: st
     return len(examples)
 
 
-ARCHITECTURES = {"AutoModelForQuestionAnswering": ("question-answering model", ("ForQuestionAnswering",)),
-                 "AutoModelForCausalLM": ("causal language model", ("ForCausalLM", "LMHeadModel"))}
-
-
 def evaluate_task_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: str | Path | None = None) -> dict:
     """QA, causal LM and later tasks: the task's own evaluation, as at the end of training, on a saved model."""
     from types import SimpleNamespace
@@ -110,36 +107,6 @@ def evaluate_task_checkpoint(spec: JobSpec, checkpoint: str | Path, output_dir: 
                             write_files=True)
     write_json_atomic(out / "metrics.json", {"task": spec.task, "checkpoint": str(checkpoint), "eval": metrics})
     return {"output_dir": str(out), **metrics}
-
-
-def load_task_model(checkpoint: str | Path, auto_class: str):
-    """(model, tokenizer) from a saved folder, or the run folder holding RUN/model; the saved architecture
-    must be the task's (a QA model is not evaluated as a language model)."""
-    import transformers
-
-    from tlscale.errors import ConfigError
-    from tlscale.models.loading import quiet_loading
-
-    folder = Path(checkpoint)
-    if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
-        folder = folder / "model"
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        raise ConfigError(f"--checkpoint: '{checkpoint}' is a LoRA adapter; use the run's merged model "
-                          f"(RUN/model) or write one with `tlscale export RUN --merge --output DIR`")
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"--checkpoint: '{checkpoint}' is not a saved model folder (no config.json)")
-    architectures = transformers.AutoConfig.from_pretrained(folder).architectures or []
-    if auto_class in ARCHITECTURES:
-        kind, suffixes = ARCHITECTURES[auto_class]
-        if not any(a.endswith(suffixes) for a in architectures):
-            raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}, "
-                              f"not a {kind} (expected a *{' / *'.join(suffixes)})")
-    quiet_loading()
-    model = getattr(transformers, auto_class).from_pretrained(folder).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 def predict_answers(checkpoint: str | Path, input_file: str | Path, output_file: str | Path, trained: dict,

@@ -1,3 +1,0 @@
-from tlscale.train.loop import RunResult, train
-
-__all__ = ["RunResult", "train"]
