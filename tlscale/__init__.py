@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 def train(spec, **options):
     """Run a spec with its runner, as `tlscale train` does. options: resume, overwrite, stop_after_steps,
     show_progress (tlscale.runners.base.RunOptions)."""
-    from tlscale.runners.base import run_training
+    from tlscale.runners import run_training
 
     return run_training(spec, **options)
 

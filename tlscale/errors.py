@@ -35,13 +35,21 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def require(module: str, extra: str):
-    """Import an optional heavy dependency or explain which extra installs it."""
+# Optional dependencies and the extra that installs each (pyproject.toml [project.optional-dependencies]).
+EXTRAS = {"peft": "lora", "bitsandbytes": "qlora", "deepspeed": "deepspeed", "ray": "ray",
+          "sentence_transformers": "fewshot", "sklearn": "fewshot"}
+
+
+def require(module: str, extra: str | None = None):
+    """Import an optional dependency (or one of its submodules) or say which extra installs it."""
     import importlib
 
+    top = module.split(".")[0]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != top:
+            raise  # the package is there but one of its own dependencies is broken: show the real error
         raise DependencyError(
-            f"'{module}' is not installed ({exc}). Install it with: pip install 'tlscale[{extra}]'"
+            f"'{top}' is not installed ({exc}). Install it with: pip install 'tlscale[{extra or EXTRAS[top]}]'"
         ) from None

@@ -23,6 +23,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Take a registration back (a plugin's tests; a notebook redefining a task)."""
+        self._items.pop(name, None)
+
     def unknown(self, name: str) -> str:
         return (
             f"unknown {self.kind} '{name}'.{did_you_mean(name, self._items)}"

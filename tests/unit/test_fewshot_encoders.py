@@ -12,7 +12,7 @@ from tlscale.spec.schema import JobSpec
 
 def encoder_method(tmp_path, method: str, **fewshot):
     from tlscale.fewshot import encoders  # noqa: F401
-    from tlscale.fewshot.runner import METHODS
+    from tlscale.fewshot.methods import METHODS
 
     raw = fewshot_spec(tmp_path, method=method, k=3, **fewshot)
     raw["model"] = {"name_or_path": "tiny:bert", "max_length": 32}

@@ -127,7 +127,7 @@ def train(spec: SpecArg, overrides: Overrides = None,
               min=1, help="Checkpoint and stop after this many steps (as a preemption would).")] = None,
           progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True):
     """Train (and evaluate) the job described by SPEC."""
-    from tlscale.runners.base import RunOptions, WorkerFailed, run_training
+    from tlscale.runners import RunOptions, WorkerFailed, run_training
     from tlscale.training.run import stop_on_signals
 
     extra = [f"distributed.num_processes={nproc}"] if nproc else []
@@ -163,7 +163,7 @@ def fewshot(spec: SpecArg, overrides: Overrides = None,
 def compare(runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).",
                                                         show_default=False)]):
     """Trained, prompted and probed runs of one task side by side."""
-    from tlscale.eval.compare import compare_table
+    from tlscale.inference.compare import compare_table
 
     Console(width=max(out.width, 160), highlight=False).print(compare_table(runs))
 
@@ -177,14 +177,10 @@ def eval_command(spec: SpecArg, overrides: Overrides = None,
     from tlscale.inference.evaluate import evaluate_checkpoint
 
     job = _load(spec, overrides)
-    result = evaluate_checkpoint(job, checkpoint, output_dir)
-    if job.task == "text_classification":
-        out.print(f"accuracy={result['accuracy']:.4f} f1_macro={result['f1_macro']:.4f} ece={result['ece']:.4f} "
-                  f"({result['num_examples']} examples) -> {result['output_dir']}")
-    else:
-        from tlscale.tasks import build_task
+    from tlscale.tasks import build_task
 
-        out.print(f"{build_task(job).headline(result)} -> {result['output_dir']}")
+    result = evaluate_checkpoint(job, checkpoint, output_dir)
+    out.print(f"{build_task(job).headline(result)} -> {result['output_dir']}")
 
 
 @app.command()
@@ -198,7 +194,8 @@ def predict(checkpoint: Annotated[Path, typer.Option(help="A saved model folder.
     """Label and class probabilities for every row of a file (extractive QA: the answer to every question)."""
     from tlscale.inference.evaluate import predict_file
 
-    count = predict_file(checkpoint, input, output, text_column, text_pair_column, batch_size)
+    count = predict_file(checkpoint, input, output, text_column=text_column, text_pair_column=text_pair_column,
+                         batch_size=batch_size)
     out.print(f"{count} predictions -> {output}")
 
 
@@ -236,7 +233,7 @@ def generate(checkpoint: Annotated[Path, typer.Option(help="A saved causal LM (R
                         stop=list(stop or []))
     completions = complete(model, tokenizer, shown, sampling)
     if output is not None:
-        from tlscale.training.checkpoints import write_jsonl_atomic
+        from tlscale.files import write_jsonl_atomic
 
         write_jsonl_atomic(output, [{"prompt": p, "completion": c} for p, c in zip(prompts, completions)])
         out.print(f"{len(completions)} completions -> {output}")
@@ -270,10 +267,13 @@ def export(adapter: Annotated[Path, typer.Argument(help="A LoRA/QLoRA adapter fo
     report = export_merged(adapter, output, dtype, evaluate)
     if evaluate:
         a, m, d = report["eval_adapter"], report["eval_merged"], report["difference"]
-        out.print(f"adapter on base: accuracy {a['accuracy']:.4f} loss {a['loss']:.4f}; merged ({report['dtype']}): "
-                  f"accuracy {m['accuracy']:.4f} loss {m['loss']:.4f}; difference {d['accuracy']:+.4f} accuracy, "
-                  f"{d['loss']:+.2e} loss, max |dp| {d['max_abs_probability']:.1e}, "
-                  f"{d['predictions_changed']} of {d['num_examples']} predictions changed")
+        keys = [k for k in a if k != "num_examples"]
+        changes = [f"{d[k]:+.2e} {k}" for k in keys]
+        if "predictions_changed" in d:
+            changes.append(f"max |dp| {d['max_abs_probability']:.1e}, {d['predictions_changed']} of "
+                           f"{d['num_examples']} predictions changed")
+        out.print(f"adapter on base: {' '.join(f'{k} {a[k]:.4f}' for k in keys)}; merged ({report['dtype']}): "
+                  f"{' '.join(f'{k} {m[k]:.4f}' for k in keys)}; difference {', '.join(changes)}")
     out.print(f"merged model -> {output}")
 
 

@@ -19,8 +19,8 @@ import random
 import numpy as np
 import torch
 
-from tlscale.fewshot.methods import ClassificationMethod, SeedResult
-from tlscale.fewshot.runner import METHODS
+from tlscale.errors import require
+from tlscale.fewshot.methods import METHODS, ClassificationMethod, SeedResult
 from tlscale.fewshot.selection import draw_per_class
 
 HEAD_C = (0.1, 1.0, 10.0, 100.0)
@@ -30,7 +30,7 @@ DESCRIPTION_SCALE = 5.0  # one similarity column per label beside hundreds of em
 class EncoderBaseline(ClassificationMethod):
     def __init__(self, spec):
         super().__init__(spec)
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = require("sentence_transformers").SentenceTransformer
 
         from tlscale.models.loading import quiet_loading, resolve_model_path
 
@@ -112,9 +112,9 @@ class SetFit(EncoderBaseline):
 def fit_head(vectors: np.ndarray, labels: list[int], seed: int):
     """Logistic regression with C chosen by leave-one-out accuracy on the training examples (ties: smaller C)."""
     try:
-        from sklearn.linear_model import LogisticRegression
+        LogisticRegression = require("sklearn.linear_model").LogisticRegression
     except ImportError:
-        from tlscale.errors import DependencyError
+        from tlscale.errors import DependencyError, require
 
         raise DependencyError("fewshot.method: the encoder baselines need scikit-learn; pip install "
                               "'tlscale[fewshot]'") from None
@@ -155,7 +155,7 @@ def contrastive_pairs(labels: list[int], per_example: int, seed: int) -> list[tu
 def contrastive_finetune(model, texts: list[str], labels: list[int], setfit, seed: int) -> tuple[int, float, float]:
     """sentence-transformers' CosineSimilarityLoss on the pairs, AdamW with linear warmup and decay.
     Returns (optimizer steps, mean loss of the first and of the last 10 steps)."""
-    from sentence_transformers.losses import CosineSimilarityLoss
+    CosineSimilarityLoss = require("sentence_transformers.losses").CosineSimilarityLoss
 
     torch.manual_seed(seed)
     pairs = contrastive_pairs(labels, setfit.pairs_per_example, seed)

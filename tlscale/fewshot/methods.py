@@ -10,9 +10,17 @@ import torch
 from tlscale.data.causal_lm import prompt_ids
 from tlscale.fewshot.calibration import calibrate, content_free_distribution
 from tlscale.fewshot.prompts import Template, verbalize
-from tlscale.fewshot.runner import METHODS, probabilities_rows
+from tlscale.registry import Registry
 from tlscale.fewshot.scoring import label_log_scores, shared_prefix_scores, tokenize_choices
 from tlscale.fewshot.selection import SELECTIONS, Demonstrations, sentence_encoder
+
+METHODS: Registry = Registry("fewshot method")  # prompt, linear_probe, setfit
+
+
+def probabilities_rows(texts: list[str], probs: torch.Tensor, label_names: list[str], gold: list[int]) -> list[dict]:
+    return [{"text": text, "label": label_names[int(p.argmax())], "gold": label_names[g],
+             "probabilities": {n: round(float(v), 6) for n, v in zip(label_names, p)}}
+            for text, p, g in zip(texts, probs, gold)]
 
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "electra", "deberta", "deberta-v2", "xlm-roberta", "albert",

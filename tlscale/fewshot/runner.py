@@ -10,12 +10,9 @@ from pathlib import Path
 import torch
 
 from tlscale.errors import ConfigError
-from tlscale.eval.compare import HEADLINE
-from tlscale.registry import Registry
 from tlscale.spec import JobSpec
-from tlscale.training.checkpoints import write_json_atomic, write_jsonl_atomic
+from tlscale.files import write_json_atomic, write_jsonl_atomic
 
-METHODS: Registry = Registry("fewshot method")
 
 
 def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
@@ -33,7 +30,8 @@ def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
 
 
 def _run_seeds(spec: JobSpec, out: Path, log) -> dict:
-    from tlscale.fewshot import encoders, methods  # noqa: F401  (register the methods)
+    from tlscale.fewshot import encoders  # noqa: F401  (registers the encoder methods)
+    from tlscale.fewshot.methods import METHODS
 
     method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
     started = time.perf_counter()
@@ -47,9 +45,9 @@ def _run_seeds(spec: JobSpec, out: Path, log) -> dict:
         prompts_seen += [{"seed": seed, "prompt": p} for p in result.prompts[:3]]
         if spec.eval.predictions:
             write_jsonl_atomic(out / f"predictions-seed{seed}.jsonl", result.predictions)
-        log(f"seed {seed}: " + "  ".join(f"{k} {result.metrics[k]:.4f}" for k in HEADLINE[spec.task]
+        log(f"seed {seed}: " + "  ".join(f"{k} {result.metrics[k]:.4f}" for k in headline_metrics(spec.task)
                                            if k in result.metrics))
-    summary = summarize(per_seed, HEADLINE[spec.task])
+    summary = summarize(per_seed, headline_metrics(spec.task))
     metrics = {"task": spec.task, "method": spec.fewshot.method, "model": spec.model.name_or_path,
                "fewshot": spec.fewshot.model_dump(mode="json"), "eval": summary, "seeds": per_seed,
                "data": method.data_notes, "seconds": round(time.perf_counter() - started, 2)}
@@ -78,7 +76,7 @@ def results_table(metrics: dict):
     """A rich table: one row per seed, then mean ± std."""
     from rich.table import Table
 
-    keys = [k for k in HEADLINE[metrics["task"]] if k in metrics["eval"]]
+    keys = [k for k in headline_metrics(metrics["task"]) if k in metrics["eval"]]
     table = Table(title=f"{metrics['method']} on {metrics['model']} ({metrics['task']}, "
                         f"k={metrics['fewshot']['k']}, {metrics['eval']['seeds']} seeds)", title_justify="left")
     table.add_column("seed")
@@ -91,7 +89,7 @@ def results_table(metrics: dict):
     return table
 
 
-def probabilities_rows(texts: list[str], probs: torch.Tensor, label_names: list[str], gold: list[int]) -> list[dict]:
-    return [{"text": text, "label": label_names[int(p.argmax())], "gold": label_names[g],
-             "probabilities": {n: round(float(v), 6) for n, v in zip(label_names, p)}}
-            for text, p, g in zip(texts, probs, gold)]
+def headline_metrics(task: str) -> tuple[str, ...]:
+    from tlscale.tasks import TASKS
+
+    return TASKS.get(task, field="task").headline_metrics

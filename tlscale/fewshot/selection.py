@@ -139,7 +139,9 @@ def nearest(similarity_row: torch.Tensor, candidates: list[int], k: int) -> list
 
 def sentence_encoder(name_or_path: str, batch_size: int = 64):
     """texts -> embeddings with a sentence-transformers encoder (mean pooling for a plain transformer)."""
-    from sentence_transformers import SentenceTransformer
+    from tlscale.errors import require
+
+    SentenceTransformer = require("sentence_transformers").SentenceTransformer
 
     from tlscale.models.loading import resolve_model_path
 

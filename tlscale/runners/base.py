@@ -1,6 +1,7 @@
 """Runners: where a spec's training runs (this process, N local processes, a Ray cluster). A runner
 claims the run folder, settles --resume/--overwrite, runs the loop and publishes metrics.json last.
-One registry; `spec.runner` names the entry (a service dispatcher registers here too)."""
+One registry; `spec.runner` names the entry (a service dispatcher registers here too);
+tlscale.runners.run_training dispatches."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,14 +23,6 @@ class RunOptions:
 
 Runner = Callable[[JobSpec, RunOptions], "RunResult | None"]  # None: stopped early, checkpoint written
 RUNNERS: Registry[Runner] = Registry("runner")
-
-
-def run_training(spec: JobSpec, options: RunOptions | None = None, **settings) -> RunResult | None:
-    """Run a spec with the runner it names. settings: RunOptions fields (resume=True, ...)."""
-    import tlscale.runners.local  # noqa: F401  (registers the built-in runners)
-    import tlscale.runners.ray_runner  # noqa: F401
-
-    return RUNNERS.get(spec.runner, field="runner")(spec, options or RunOptions(**settings))
 
 
 class WorkerFailed(Exception):

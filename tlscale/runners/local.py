@@ -109,7 +109,7 @@ def finish_launched_run(spec: JobSpec) -> RunResult | None:
     if adapter.is_dir() and not run.model_dir.exists():  # LoRA under ZeRO-3: the workers held only shards
         from tlscale.inference.export import export_merged
 
-        export_merged(adapter, run.model_dir)
+        export_merged(adapter, run.model_dir, evaluate=False)
     metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics))
     run.write_metrics(metrics)
     return RunResult(run.path, metrics)

@@ -10,7 +10,7 @@ def main() -> int:
 
     from tlscale.errors import TlscaleError
     from tlscale.logs import setup_entry_point
-    from tlscale.runners.base import WorkerFailed, run_training
+    from tlscale.runners import WorkerFailed, run_training
     from tlscale.runners.ray_jobs import SPEC_VARIABLE
     from tlscale.spec import spec_from_dict
 

@@ -101,7 +101,7 @@ class Lora(Strategy):
             resolve_targets(self.spec, skeleton, skeleton.config.model_type)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        peft = require("peft", "qlora")
+        peft = require("peft")
         spec = self.spec
         r = spec.r or 8
         targets, matched = resolve_targets(spec, model.base_model, model.config.model_type)
@@ -132,7 +132,7 @@ class Qlora(Lora):
         return {"quantization_config": bitsandbytes_config(**self.quantization())}
 
     def apply(self, model: nn.Module) -> nn.Module:
-        from peft import prepare_model_for_kbit_training
+        prepare_model_for_kbit_training = require("peft").prepare_model_for_kbit_training
 
         from tlscale.models.quantization import disable_cpu_repacking, is_quantized
 

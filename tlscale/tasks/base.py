@@ -3,6 +3,7 @@ accumulation, distribution, checkpoints, strategies) is the same for every task.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,14 +24,20 @@ class TaskData:
 
 
 class Task:
+    """What the loop, `tlscale eval`, `predict`, `export` and `compare` ask of a task; commands name none."""
     name = ""
     auto_class = "AutoModel"  # how plain transformers reloads the saved model
-    metrics = {"loss": "min"}  # metric name -> min/max, for metric_for_best
-    default_metric = "loss"
+    metrics: tuple[str, ...] = ("loss",)  # names in tlscale.eval.metrics.METRICS; the first is the default
+    headline_metrics: tuple[str, ...] = ("loss",)  # `tlscale compare` columns
     caches_features = False  # feature_extraction may cache pooled backbone outputs
 
     def __init__(self, spec):
         self.spec = spec
+
+    @property
+    def default_metric(self) -> str:
+        """What keep-best and metric_for_best: auto follow."""
+        return self.metrics[0]
 
     def prepare(self, tokenizer) -> TaskData:
         raise NotImplementedError
@@ -58,6 +65,41 @@ class Task:
 
     def headline(self, metrics: dict) -> str:
         return " ".join(f"{k}={metrics[k]:.4f}" for k in self.metrics if isinstance(metrics.get(k), float))
+
+    # --- saved models: `tlscale eval`, `predict`, `export` --------------------------------------------
+
+    def load_saved(self, checkpoint: str | Path):
+        """(model, tokenizer) of a saved model of this task (RUN/model or the run folder)."""
+        from tlscale.models.saved import load_task_model
+
+        model, tokenizer = load_task_model(checkpoint, self.auto_class)
+        tokenizer.model_max_length = self.spec.model.max_length
+        return model, tokenizer
+
+    def evaluate_saved(self, model, tokenizer, out: Path | None, label_names: list[str] | None = None) -> dict:
+        """The loop's own evaluation (Task.evaluate) of a model in this process, on the spec's eval data;
+        with out, the task's files (predictions, plots) are written there."""
+        from types import SimpleNamespace
+
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        data = self.prepare(tokenizer)
+        return self.evaluate(accelerator, model.to(accelerator.device), data, SimpleNamespace(path=out),
+                             tokenizer.pad_token_id, write_files=out is not None)
+
+    def evaluate_checkpoint(self, checkpoint: str | Path, out: Path) -> dict:
+        model, tokenizer = self.load_saved(checkpoint)
+        return self.evaluate_saved(model, tokenizer, out)
+
+    @classmethod
+    def predict_file(cls, checkpoint: Path, trained: dict, input_file: Path, output_file: Path,
+                     options: dict) -> int:
+        """`tlscale predict`: write one prediction per input row; returns the count. trained: the spec the
+        model was trained with; options: the command's (text_column, batch_size, ...)."""
+        from tlscale.errors import ConfigError
+
+        raise ConfigError(f"--checkpoint: a {cls.name} model; `tlscale predict` does not apply to this task")
 
 
 def seeded_sample(items: list, limit: int | None, seed: int) -> list:

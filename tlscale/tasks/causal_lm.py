@@ -15,8 +15,8 @@ from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 class CausalLM(Task):
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
-    metrics = {"loss": "min", "perplexity": "min"}
-    default_metric = "loss"
+    metrics = ("loss", "perplexity")
+    headline_metrics = ("loss", "perplexity")
 
     def prepare(self, tokenizer) -> TaskData:
         spec, lm = self.spec, self.spec.lm
@@ -79,7 +79,7 @@ class CausalLM(Task):
     def _write_generations(self, model, tokenizer, eval_set, path, accelerator) -> None:
         """A few sampled completions of held-out prompts, beside the metrics."""
         from tlscale.models.generate import Sampling, complete
-        from tlscale.training.checkpoints import write_jsonl_atomic
+        from tlscale.files import write_jsonl_atomic
 
         lm = self.spec.lm
         prompts = [p for p in eval_set.prompts if p][:lm.generations]
@@ -91,3 +91,9 @@ class CausalLM(Task):
         return (f"eval loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.2f}  "
                 f"({metrics['num_examples']} examples, {metrics['tokens']} tokens)")
 
+    @classmethod
+    def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
+        from tlscale.errors import ConfigError
+
+        raise ConfigError(f"--checkpoint: a {cls.name} model; use `tlscale generate --checkpoint {checkpoint} "
+                          f"--input {input_file}` for completions")

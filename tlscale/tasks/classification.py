@@ -1,9 +1,12 @@
 """text_classification: sentiment, topic, intent, NLI with text pairs. A pooled backbone + a linear head."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from tlscale.data import build_classification_data, collate, sequential_batches, tokenize
+from tlscale.errors import ConfigError
 from tlscale.eval import classification_metrics, plot_confusion_matrix, write_predictions
 from tlscale.eval.evaluator import score_batches
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
@@ -13,8 +16,8 @@ from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
 class TextClassification(Task):
     name = "text_classification"
     auto_class = "AutoModelForSequenceClassification"
-    metrics = {"accuracy": "max", "f1_macro": "max", "loss": "min", "ece": "min"}
-    default_metric = "accuracy"
+    metrics = ("accuracy", "f1_macro", "loss", "ece")
+    headline_metrics = ("accuracy", "f1_macro", "ece")
     caches_features = True
 
     def prepare(self, tokenizer) -> TaskData:
@@ -32,11 +35,16 @@ class TextClassification(Task):
     def collate(self, dataset, indices, pad_id):
         return collate(dataset, indices, pad_id)
 
+    def probabilities(self, accelerator, model, data, pad_id, feature_cache=None) -> torch.Tensor:
+        """Class probabilities of every eval example, in order, gathered over ranks."""
+        eval_set = data.eval
+        batches = sequential_batches([len(ids) for ids in eval_set.input_ids], self.spec.eval.batch_size)
+        return gather_rows(accelerator, lambda b: score_batches(model, eval_set, [b], pad_id, accelerator.device,
+                                                                feature_cache), batches, len(eval_set))
+
     def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
         spec, eval_set = self.spec, data.eval
-        batches = sequential_batches([len(ids) for ids in eval_set.input_ids], spec.eval.batch_size)
-        probs = gather_rows(accelerator, lambda b: score_batches(model, eval_set, [b], pad_id, accelerator.device,
-                                                                 feature_cache), batches, len(eval_set))
+        probs = self.probabilities(accelerator, model, data, pad_id, feature_cache)
         metrics = classification_metrics(probs, torch.tensor(eval_set.labels), data.label_names,
                                          spec.eval.calibration_bins)
         if write_files and accelerator.is_main_process:
@@ -52,3 +60,47 @@ class TextClassification(Task):
     def headline(self, metrics: dict) -> str:
         return (f"eval accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['f1_macro']:.4f}  "
                 f"ECE {metrics['ece']:.4f}  ({metrics['num_examples']} examples)")
+
+    # --- saved models ---------------------------------------------------------------------------------
+
+    def evaluate_checkpoint(self, checkpoint, out: Path) -> dict:
+        from tlscale.models import load_trained_classifier
+
+        model, tokenizer, label_names = load_trained_classifier(checkpoint)
+        return self.evaluate_saved(model, tokenizer, out, label_names)
+
+    def evaluate_saved(self, model, tokenizer, out: Path | None, label_names: list[str] | None = None) -> dict:
+        """As Task.evaluate_saved; the spec's data must be labelled as the model was trained (names, order)."""
+        from types import SimpleNamespace
+
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        data = self.prepare(tokenizer)
+        if label_names is not None and list(label_names) != list(data.label_names):
+            raise ConfigError(f"data.labels: the spec's data gives {list(data.label_names)} but the model was "
+                              f"trained with {list(label_names)} (in that order); make them match")
+        return self.evaluate(accelerator, model.to(accelerator.device), data, SimpleNamespace(path=out),
+                             tokenizer.pad_token_id, write_files=out is not None)
+
+    @classmethod
+    def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
+        """Label and probabilities for each row; columns default to those of the training spec."""
+        from tlscale.data import read_examples
+        from tlscale.eval import predict_probabilities
+        from tlscale.models import load_trained_classifier
+        from tlscale.spec.schema import DataSpec
+
+        model, tokenizer, label_names = load_trained_classifier(checkpoint)
+        columns = trained.get("data", {})
+        text_pair = options.get("text_pair_column")
+        data_spec = DataSpec(train_file=Path(input_file),
+                             text_column=options.get("text_column") or columns.get("text_column", "text"),
+                             text_pair_column=text_pair if text_pair is not None else columns.get("text_pair_column"))
+        examples = read_examples(Path(input_file), data_spec, need_label=False)
+        encoded = tokenize(examples, tokenizer, tokenizer.model_max_length)
+        encoded.labels = []
+        probs = predict_probabilities(model, encoded, options.get("batch_size", 64), tokenizer.pad_token_id,
+                                      torch.device("cpu"))
+        write_predictions(Path(output_file), examples.texts, probs, label_names, None, examples.where)
+        return len(examples)

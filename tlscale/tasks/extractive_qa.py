@@ -50,8 +50,8 @@ def _refuse_unanswerable(questions: list) -> None:
 class ExtractiveQA(Task):
     name = "extractive_qa"
     auto_class = "AutoModelForQuestionAnswering"
-    metrics = {"f1": "max", "exact_match": "max"}
-    default_metric = "f1"
+    metrics = ("f1", "exact_match")
+    headline_metrics = ("exact_match", "f1")
 
     def prepare(self, tokenizer) -> TaskData:
         spec, qa = self.spec, self.spec.qa
@@ -109,3 +109,30 @@ class ExtractiveQA(Task):
         return (f"eval exact match {metrics['exact_match']:.2f}  F1 {metrics['f1']:.2f}  "
                 f"({metrics['num_examples']} questions, {metrics['windows']} windows)")
 
+    @classmethod
+    def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
+        """The best answer span for each question of a SQuAD JSON or flat jsonl/csv file (gold answers
+        optional), with the window settings the model was trained with."""
+        from pathlib import Path
+
+        from tlscale.eval.qa_answers import best_answers
+        from tlscale.eval.qa_evaluation import window_logits
+        from tlscale.files import write_jsonl_atomic
+        from tlscale.models.saved import load_task_model
+        from tlscale.spec.schema import QaSpec
+
+        qa = QaSpec(**trained.get("qa", {}))
+        model, tokenizer = load_task_model(checkpoint, cls.auto_class)
+        max_length = trained.get("model", {}).get("max_length", 384)
+        questions = read_questions(Path(input_file), need_answers=False)
+        windows = make_windows(questions, tokenizer, max_length, qa.doc_stride)
+        logits = window_logits(model, windows, list(range(len(windows))), tokenizer.pad_token_id,
+                               options.get("batch_size", 64), torch.device("cpu"),
+                               accepts_token_types="token_type_ids" in tokenizer.model_input_names)
+        answers = best_answers(questions, windows, [logits[i][0] for i in range(len(windows))],
+                               [logits[i][1] for i in range(len(windows))], n_best=qa.n_best,
+                               max_answer_tokens=qa.max_answer_tokens,
+                               null_threshold=qa.null_threshold if qa.version == "v2" else None)
+        rows = [{"id": q.id, "question": q.question, "answer": answers[q.id], "source": q.where} for q in questions]
+        write_jsonl_atomic(Path(output_file), rows)
+        return len(rows)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tlscale.errors import RunStateError
+from tlscale.files import publish_dir, write_json_atomic, write_jsonl_atomic  # noqa: F401  (re-exported)
 
 STATE_FILE = "trainer_state.json"
 
@@ -28,32 +28,6 @@ class TrainState:
     running_count: int = 0
     world_size: int = 1
     backend: str = "none"
-
-
-def write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl_atomic(path: Path, rows) -> None:
-    """One JSON object per line; a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an older folder of that name is removed only afterwards."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def checkpoint_root(output_dir: Path) -> Path:
@@ -152,7 +126,11 @@ def merged_copy(peft_model):
     """The adapter folded into a copy of the base. A k-bit base is dequantized first and the adapter
     re-applied on it, so the merged weights are the function the adapter was trained on (merging into
     the 4-bit layers would quantize the sum again and lose most of the update)."""
-    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from tlscale.errors import require
+
+    peft = require("peft")
+    get_peft_model, get_peft_model_state_dict = peft.get_peft_model, peft.get_peft_model_state_dict
+    set_peft_model_state_dict = peft.set_peft_model_state_dict
 
     from tlscale.models.quantization import dequantize_linears, is_quantized
 

@@ -315,10 +315,11 @@ def _evaluate_and_keep_best(s: Session) -> None:
     result = _evaluate(s)
     s.accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, float)}, step=state.step)
     log.info(f"step {state.step}: {task.headline(result)}")
+    from tlscale.eval.metrics import METRICS
+
     name = task.default_metric if spec.training.metric_for_best == "auto" else spec.training.metric_for_best
     value = result[name]
-    lower_is_better = task.metrics[name] == "min"
-    if state.best_metric is None or (value < state.best_metric if lower_is_better else value > state.best_metric):
+    if METRICS.get(name).better(value, state.best_metric):
         state.best_metric, state.best_step = value, state.step
         if spec.training.keep_best:
             save_model(s.accelerator, s.model, s.tokenizer, s.data.label_names, s.run.dir.spec_yaml,
@@ -429,7 +430,9 @@ def _load_best(model, path) -> None:
     from tlscale.training.checkpoints import adapter_dir
 
     if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
+        from tlscale.errors import require
+
+        set_peft_model_state_dict = require("peft").set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(str(adapter_dir(path) / "adapter_model.safetensors")))
     else:

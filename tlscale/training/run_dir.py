@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tlscale.run_folder import PENDING_METRICS
 from tlscale.spec import JobSpec, dump_spec
-from tlscale.training.checkpoints import checkpoint_root, write_json_atomic
+from tlscale.files import write_json_atomic
+from tlscale.training.checkpoints import checkpoint_root
 
 
 class RunDir:

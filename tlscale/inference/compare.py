@@ -7,10 +7,6 @@ from pathlib import Path
 
 from tlscale.errors import ConfigError
 
-HEADLINE = {"text_classification": ("accuracy", "f1_macro", "ece"), "extractive_qa": ("exact_match", "f1"),
-            "causal_lm": ("loss", "perplexity")}
-
-
 def load_run(path: Path) -> dict:
     metrics_file = path / "metrics.json" if path.is_dir() else path
     if not metrics_file.is_file():
@@ -38,7 +34,10 @@ def compare_table(paths: list[Path]):
     tasks = {m["task"] for _, m in runs}
     if len(tasks) > 1:
         raise ConfigError(f"RUN: the runs are of different tasks {sorted(tasks)}; compare runs of one task")
-    keys = HEADLINE.get(tasks.pop(), ())
+    from tlscale.tasks import TASKS
+
+    task = tasks.pop()
+    keys = TASKS.get(task).headline_metrics if task in TASKS else ()
     table = Table("run", "model", "how", *keys, title_justify="left")
     for path, metrics in runs:
         cells = []
