@@ -76,6 +76,32 @@ def setup_entry_point(verbosity: int = 0, handler: logging.Handler | None = None
         # read by transformers and huggingface_hub when they load (workers inherit them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        import warnings
+
+        # deprecations inside the libraries we call (peft calling transformers' renamed methods, ...)
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                module=r"(torch|transformers|peft|accelerate|deepspeed)")
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")  # GPT-2's Conv1D: peft fixes it
         for name in ("DeepSpeed", "bitsandbytes.backends.cpu.ops"):
             if not any(isinstance(f, _DropKnownNoise) for f in logging.getLogger(name).filters):
                 logging.getLogger(name).addFilter(_DropKnownNoise())
+
+
+class QuietStream:
+    """A worker's stdout without the lines third-party code prints bare (DeepSpeed announces every op it
+    loads); everything else passes through unchanged."""
+
+    NOISE = ("DeepSpeed deepspeed.ops.",)
+
+    def __init__(self, stream):
+        self.stream, self.dropping = stream, False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.NOISE) or (self.dropping and text == "\n"):
+            self.dropping = not text.endswith("\n")  # print() writes the newline separately
+            return len(text)
+        self.dropping = False
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -21,9 +21,10 @@ def main() -> None:
     from tlscale.runners.launch import die_with_launcher
 
     die_with_launcher()
-    from tlscale.logs import keep_run_log, setup_entry_point
+    from tlscale.logs import QuietStream, keep_run_log, setup_entry_point
 
     setup_entry_point()
+    sys.stdout = QuietStream(sys.stdout)
     code = 0
     try:
         from tlscale.spec import load_spec
