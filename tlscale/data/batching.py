@@ -63,20 +63,27 @@ def sequential_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Rows of token-level values as one (rows, longest) long tensor, padded with value on the right
+    (left: for generation, so every prompt ends where the new tokens start). The one padding helper."""
+    width = max((len(row) for row in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            target = out[i, width - len(row):] if left else out[i, :len(row)]
+            target.copy_(torch.as_tensor(row, dtype=torch.long))
+    return out
+
+
+def attention_mask(rows: list[list[int]], left: bool = False) -> torch.Tensor:
+    return pad([[1] * len(row) for row in rows], 0, left)
+
+
 def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(data.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids else None
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        ids[row, :n] = torch.tensor(data.input_ids[i])
-        mask[row, :n] = 1
-        if types is not None:
-            types[row, :n] = torch.tensor(data.token_type_ids[i])
-    batch = {"input_ids": ids, "attention_mask": mask, "index": torch.tensor(indices)}
-    if types is not None:
-        batch["token_type_ids"] = types
+    rows = [data.input_ids[i] for i in indices]
+    batch = {"input_ids": pad(rows, pad_id), "attention_mask": attention_mask(rows), "index": torch.tensor(indices)}
+    if data.token_type_ids:
+        batch["token_type_ids"] = pad([data.token_type_ids[i] for i in indices], 0)
     if data.labels:
         batch["labels"] = torch.tensor([data.labels[i] for i in indices])
     return batch

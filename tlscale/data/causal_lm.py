@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tlscale.data.batching import attention_mask, pad
 from tlscale.errors import DataError
 
 IGNORE = -100
@@ -164,29 +165,20 @@ def pack(examples: LMExamples, max_length: int) -> LMExamples:
 
 def collate_lm(data: LMExamples, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right padding; labels IGNORE on padding. Packed data gets a 4D block-diagonal causal mask."""
-    width = max(len(data.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(indices), width), dtype=torch.long)
-    positions = torch.zeros((len(indices), width), dtype=torch.long)
-    segments = torch.full((len(indices), width), -1, dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        ids[row, :n] = torch.tensor(data.input_ids[i])
-        labels[row, :n] = torch.tensor(data.labels[i])
-        mask[row, :n] = 1
-        positions[row, :n] = torch.tensor(data.position_ids[i]) if data.position_ids else torch.arange(n)
-        if data.segments:
-            segments[row, :n] = torch.tensor(data.segments[i])
-    batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "index": torch.tensor(indices)}
+    rows = [data.input_ids[i] for i in indices]
+    width = max(len(row) for row in rows)
+    positions = [data.position_ids[i] if data.position_ids else list(range(len(row))) for i, row in zip(indices, rows)]
+    batch = {"input_ids": pad(rows, pad_id), "labels": pad([data.labels[i] for i in indices], IGNORE),
+             "position_ids": pad(positions, 0), "index": torch.tensor(indices)}
     if data.segments:
+        segments = pad([data.segments[i] for i in indices], -1)
         causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
         same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, :, None] >= 0)
         allowed = same & causal
         allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaNs)
         batch["attention_mask"] = allowed[:, None]
     else:
-        batch["attention_mask"] = mask
+        batch["attention_mask"] = attention_mask(rows)
     return batch
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from tlscale.data.batching import attention_mask, pad
 from tlscale.data.qa import Question
 from tlscale.data.qa_windows import Windows
 from tlscale.eval.qa_answers import best_answers
@@ -11,16 +12,9 @@ from tlscale.eval.squad import squad_scores
 
 def collate_windows(windows: Windows, indices: list[int], pad_id: int, labels: bool = True) -> dict:
     """Right-padded batch of windows; `index` says which windows they are (for gathering)."""
-    length = max(len(windows.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
-    types = torch.zeros((len(indices), length), dtype=torch.long)
-    mask = torch.zeros((len(indices), length), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(windows.input_ids[i])
-        ids[row, :n] = torch.tensor(windows.input_ids[i])
-        types[row, :n] = torch.tensor(windows.token_type_ids[i])
-        mask[row, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "index": torch.tensor(indices)}
+    rows = [windows.input_ids[i] for i in indices]
+    batch = {"input_ids": pad(rows, pad_id), "attention_mask": attention_mask(rows),
+             "token_type_ids": pad([windows.token_type_ids[i] for i in indices], 0), "index": torch.tensor(indices)}
     if labels:
         batch["start_positions"] = torch.tensor([windows.start_positions[i] for i in indices])
         batch["end_positions"] = torch.tensor([windows.end_positions[i] for i in indices])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tlscale.data.batching import attention_mask, pad
+
 
 @dataclass
 class ChoiceScores:
@@ -82,14 +84,8 @@ def naive_scores(model, prompts: list[list[int]], choices: list[list[int]], batc
     lengths = [len(prompts[i]) + len(choices[j]) for i, j in pairs]
     logprob = torch.zeros(len(prompts), len(choices))
     for batch in _length_sorted_batches(lengths, batch_size):
-        width = max(lengths[p] for p in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, p in enumerate(batch):
-            i, j = pairs[p]
-            sequence = prompts[i] + choices[j]
-            ids[row, :len(sequence)] = torch.tensor(sequence)
-            mask[row, :len(sequence)] = 1
+        sequences = [prompts[pairs[p][0]] + choices[pairs[p][1]] for p in batch]
+        ids, mask = pad(sequences, pad_id), attention_mask(sequences)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, p in enumerate(batch):
             i, j = pairs[p]

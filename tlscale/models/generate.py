@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria
 
+from tlscale.data.batching import attention_mask
+from tlscale.data.batching import pad as pad_rows
 from tlscale.data.causal_lm import prompt_ids
 from tlscale.errors import ConfigError
 
@@ -46,11 +48,7 @@ def complete_ids(model, tokenizer, prompts: list[list[int]], sampling: Sampling,
     for first in range(0, len(prompts), sampling.batch_size):
         encoded = prompts[first:first + sampling.batch_size]
         width = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, tokens in enumerate(encoded):
-            ids[row, width - len(tokens):] = torch.tensor(tokens)
-            mask[row, width - len(tokens):] = 1
+        ids, mask = pad_rows(encoded, pad, left=True), attention_mask(encoded, left=True)
         torch.manual_seed(sampling.seed + first)
         if sampling.stop:
             options["stopping_criteria"] = [StopOnText(tokenizer, sampling.stop, width)]

@@ -52,8 +52,9 @@ def run_launched(spec: JobSpec, options: RunOptions) -> RunResult | None:
     with claim(spec.output_dir, resume=options.resume, overwrite=options.overwrite) as run_claim:
         folder = RunDir(spec.output_dir)
         finish_only = options.resume and folder.pending_metrics.is_file() and folder.model_dir.is_dir()
+        data = None
         if not finish_only:  # (killed after the workers ended, before the metrics were published)
-            preflight(spec, options.resume)
+            data = preflight(spec, options.resume)  # kept for the check of the saved model: read once here
             run_log = keep_run_log(spec.output_dir)
             try:
                 code = launch_local(spec, spec.distributed.num_processes, options.resume, options.stop_after_steps,
@@ -64,7 +65,7 @@ def run_launched(spec: JobSpec, options: RunOptions) -> RunResult | None:
                 raise RunStateError("a worker rejected its input (message above)")
             if code != 0:
                 raise WorkerFailed(code)
-        result = finish_launched_run(spec)
+        result = finish_launched_run(spec, data)
         if result is not None:
             run_claim.succeeded()
         return result
@@ -96,7 +97,7 @@ def prepared_data(spec: JobSpec):
     return build_task(spec).prepare(load_tokenizer(spec.model))
 
 
-def finish_launched_run(spec: JobSpec) -> RunResult | None:
+def finish_launched_run(spec: JobSpec, data=None) -> RunResult | None:
     """After the workers: merge a ZeRO-3 adapter, verify the saved model from this process, then publish
     metrics.json, the last file of a complete run."""
     from tlscale.training.run_dir import RunDir
@@ -110,20 +111,21 @@ def finish_launched_run(spec: JobSpec) -> RunResult | None:
         from tlscale.inference.export import export_merged
 
         export_merged(adapter, run.model_dir, evaluate=False)
-    metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics))
+    metrics["saved_model_verified"] = bool(verify_launched_run(spec, metrics, data))
     run.write_metrics(metrics)
     return RunResult(run.path, metrics)
 
 
-def verify_launched_run(spec: JobSpec, metrics: dict) -> dict:
-    """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can."""
+def verify_launched_run(spec: JobSpec, metrics: dict, data=None) -> dict:
+    """Workers cannot reload the model while ZeRO-3 is active; this (parent) process can. data: the task
+    data preflight prepared (else it is prepared again)."""
     from tlscale.models import load_tokenizer
     from tlscale.tasks import build_task
     from tlscale.training.verify import fixed_batch, verify_adapter, verify_saved_model
 
     tokenizer = load_tokenizer(spec.model)
     task = build_task(spec)
-    batch = fixed_batch(task, task.prepare(tokenizer).eval, tokenizer.pad_token_id)
+    batch = fixed_batch(task, (data or task.prepare(tokenizer)).eval, tokenizer.pad_token_id)
     report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"], task.auto_class)
     if (spec.output_dir / "model-adapter").is_dir():
         report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")

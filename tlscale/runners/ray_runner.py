@@ -82,7 +82,7 @@ def _fit(spec: JobSpec, resume: bool, stop_after_steps: int | None, show_progres
     folder = RunDir(spec.output_dir)
     if resume and folder.pending_metrics.is_file() and folder.model_dir.is_dir():
         return finish_launched_run(spec)  # only the finish was left
-    preflight(spec, resume)
+    data = preflight(spec, resume)  # kept for the check of the saved model: read once in the driver
     run_path = Path(spec.output_dir)
     run_id = f"{run_path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     (run_path / MARKER).write_text(run_id)
@@ -107,7 +107,7 @@ def _fit(spec: JobSpec, resume: bool, stop_after_steps: int | None, show_progres
         trainer.fit()
     except Exception as exc:  # noqa: BLE001  (Ray wraps the worker's error; show it, fail the run)
         raise RayRunFailed(exc) from None
-    return finish_launched_run(spec)
+    return finish_launched_run(spec, data)
 
 
 def connect(address: str | None) -> None:
