@@ -203,13 +203,17 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) -> list[str]:
+def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int],
+                  overridden: dict[tuple, str] | None = None) -> list[str]:
+    """One message per problem, placed at the spec's file:line, or at the override that set the value."""
     messages = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
+        override = next((text for path, text in (overridden or {}).items() if loc[:len(path)] == path
+                         or (err["type"] == "extra_forbidden" and path[:len(loc)] == loc)), None)
         line = _line_of(loc, lines)
-        where = f"{source}:{line}" if line else source
+        where = f"override '{override}'" if override else f"{source}:{line}" if line else source
         kind = err["type"]
         if kind == "extra_forbidden":
             valid = _fields_at(loc[:-1])
@@ -255,14 +259,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
         raise ConfigError(f"{path}:1: expected a mapping of sections (task, model, data, ...), found {type(raw).__name__}")
     lines = _key_lines(node) if node else {}
     raw = apply_overrides(expand_env(raw, str(path), lines), overrides or [])
-    return spec_from_dict(raw, source=str(path), lines=lines)
+    overridden = {tuple(parse_override(text)[0]): text for text in overrides or []}
+    return spec_from_dict(raw, source=str(path), lines=lines, overridden=overridden)
 
 
-def spec_from_dict(raw: dict, source: str = "<spec>", lines: dict[tuple, int] | None = None) -> JobSpec:
+def spec_from_dict(raw: dict, source: str = "<spec>", lines: dict[tuple, int] | None = None,
+                   overridden: dict[tuple, str] | None = None) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, source, lines or {})) from None
+        raise ConfigError(format_errors(exc, source, lines or {}, overridden)) from None
 
 
 def dump_spec(spec: JobSpec) -> str:
