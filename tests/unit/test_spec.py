@@ -67,3 +67,13 @@ def test_schema_command_prints_json_schema(tmp_path):
     schema = json.loads((tmp_path / "schema.json").read_text())
     assert {"model", "data", "strategy", "training", "eval", "output_dir"} <= set(schema["properties"])
     assert schema["$defs"]["TrainingSpec"]["additionalProperties"] is False
+
+
+def test_every_schema_property_has_a_description():
+    """Editors show these as hover help; a new option without one fails here."""
+    from tlscale.spec import json_schema
+
+    schema = json_schema()
+    missing = [f"{name}.{key}" for name, section in [("JobSpec", schema), *schema.get("$defs", {}).items()]
+               for key, prop in section.get("properties", {}).items() if not prop.get("description")]
+    assert not missing, f"give these a description: {missing}"

@@ -106,24 +106,24 @@ class ModelSpec(Section):
     )
     max_length: PositiveInt = Field(128, le=1_000_000, description="Tokens per example; longer inputs are "
                                     "truncated. At most the model's position embeddings.")
-    classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Dropout before the classification head (default: the model config's).")
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Override the backbone's dropout probabilities (hidden and attention)."
     )
 
 
 class DataSpec(Section):
-    train_file: UserPath
+    train_file: UserPath = Field(description="Training data: csv, tsv, jsonl, json or parquet (QA: SQuAD JSON too). ${VAR} and ~ expand.")
     eval_file: UserPath | None = Field(None, description="If absent, a seeded stratified split of train_file.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = "auto"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
+    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field("auto", description="File format; auto: from the file extension.")
+    text_column: str = Field("text", description="Column holding the input text.")
+    text_pair_column: str | None = Field(None, description="Second text of a pair (NLI, paraphrase); encoded as one input.")
+    label_column: str = Field("label", description="Column holding the label.")
     labels: list[str] | None = Field(
         None, description="Label names in id order. Raw labels may be names or integer ids. Inferred if absent."
     )
     limit: PositiveInt | None = Field(None, description="Seeded random sample of this many training rows.")
-    eval_limit: PositiveInt | None = None
+    eval_limit: PositiveInt | None = Field(None, description="Evaluate on a seeded sample of this many examples.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share when eval_file is absent.")
 
     @field_validator("labels")
@@ -204,32 +204,32 @@ class StrategySpec(Section):
 
 
 class TrainingSpec(Section):
-    epochs: PositiveInt = Field(1, le=10_000)
+    epochs: PositiveInt = Field(1, le=10_000, description="Passes over the training data.")
     max_steps: PositiveInt | None = Field(None, le=1_000_000_000, description="Stop after this many optimizer steps.")
-    batch_size: PositiveInt = Field(16, le=MAX_BATCH)
-    grad_accum_steps: PositiveInt = Field(1, le=10_000)
-    lr: float = Field(5e-5, gt=0.0, le=1.0)
+    batch_size: PositiveInt = Field(16, le=MAX_BATCH, description="The global batch: split over processes, so N processes give one process's maths.")
+    grad_accum_steps: PositiveInt = Field(1, le=10_000, description="Micro-batches per optimizer step (effective batch = batch_size x this).")
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate (AdamW) of the backbone.")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="AdamW decoupled decay: each step multiplies "
                                 "the weights by 1 - lr x weight_decay (typical 0 to 0.1; above 1 is a mistake).")
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the steps spent warming the learning rate up from 0.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip the gradient norm to this (null: no clipping).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="bf16 runs on CPUs and GPUs; fp16 needs a CUDA GPU.")
     group_by_length: bool = Field(True, description="Batch examples of similar length (less padding).")
-    eval_every_steps: PositiveInt | None = None
+    eval_every_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (shown on the console, logged to metrics.jsonl).")
     save_every_steps: PositiveInt | None = Field(None, description="Training-state checkpoints for resume.")
-    keep_checkpoints: PositiveInt = 2
+    keep_checkpoints: PositiveInt = Field(2, description="Newest training checkpoints kept in checkpoints/.")
     keep_best: bool = Field(True, description="Final model = best evaluated one (needs eval_every_steps).")
     metric_for_best: str = Field("auto", description="auto: the task's main metric (accuracy; f1 for extractive_qa).")
-    log_every_steps: PositiveInt = 10
-    tensorboard: bool = True
+    log_every_steps: PositiveInt = Field(10, description="Log the mean training loss every N steps.")
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files under tensorboard/.")
 
 
 class EvalSpec(Section):
-    batch_size: PositiveInt = Field(64, le=MAX_BATCH)
-    calibration_bins: PositiveInt = 15
-    confusion_matrix: bool = True
-    predictions: bool = True
+    batch_size: PositiveInt = Field(64, le=MAX_BATCH, description="Evaluation batch size.")
+    calibration_bins: PositiveInt = Field(15, description="Probability bins of the expected calibration error (ECE).")
+    confusion_matrix: bool = Field(True, description="Write confusion_matrix.png (classification).")
+    predictions: bool = Field(True, description="Write predictions.jsonl for the eval set.")
 
 
 class DistributedSpec(Section):
@@ -242,7 +242,7 @@ class DistributedSpec(Section):
     zero_stage: Literal[0, 1, 2, 3] = Field(
         2, description="deepspeed: 1 partitions optimizer state, 2 also gradients, 3 also parameters."
     )
-    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO: keep optimizer state (and its step) on the CPU.")
     offload_params: Literal["none", "cpu"] = Field("none", description="ZeRO-3 only.")
     deepspeed_config: UserPath | None = Field(
         None, description="Your own DeepSpeed JSON; batch sizes, accumulation, clipping and precision come "
@@ -270,8 +270,8 @@ class ResourcesSpec(Section):
     """Where a run with `runner: ray` executes: Ray Train's ScalingConfig, RunConfig and FailureConfig."""
 
     num_workers: PositiveInt = Field(1, description="Training workers (one process each; the world size).")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(False, description="Ask Ray for GPUs for every worker (NCCL process group).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker.")
     gpus_per_worker: float | None = Field(None, gt=0, description="Needs use_gpu (default 1 when use_gpu).")
     custom_resources: dict[str, float] = Field(default_factory=dict,
                                                description="Extra Ray resources each worker needs, e.g. {a100: 1}.")
@@ -309,7 +309,7 @@ class LMSpec(Section):
 
     packing: bool = Field(False, description="Several examples per training sequence (block-diagonal attention).")
     generations: int = Field(4, ge=0, description="Held-out prompts to sample completions for (generations.jsonl).")
-    max_new_tokens: PositiveInt = 32
+    max_new_tokens: PositiveInt = Field(32, description="Longest sampled completion in generations.jsonl.")
 
 
 class SetfitSpec(Section):
@@ -317,10 +317,10 @@ class SetfitSpec(Section):
 
     pairs_per_example: PositiveInt = Field(20, description="Sentence pairs drawn per labelled example (half of "
                                            "them same-label, half different-label).")
-    epochs: PositiveInt = Field(1, le=10_000)
+    epochs: PositiveInt = Field(1, le=10_000, description="Passes over the contrastive pairs.")
     body_lr: float = Field(5e-5, gt=0, le=1.0, description="Learning rate of the encoder body.")
-    batch_size: PositiveInt = Field(16, le=MAX_BATCH)
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    batch_size: PositiveInt = Field(16, le=MAX_BATCH, description="Pairs per contrastive step.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of contrastive steps warming the learning rate up.")
 
 
 class FewshotSpec(Section):
@@ -355,12 +355,12 @@ class FewshotSpec(Section):
                                           "their mean (length-normalised).")
     calibration: Literal["none", "contextual"] = Field(
         "none", description="contextual: divide out the label probabilities given content-free inputs.")
-    content_free: list[str] = Field(["N/A", "", "[MASK]"], min_length=1)
-    seeds: list[Seed] = Field([0, 1, 2, 3, 4], min_length=1)
-    batch_size: PositiveInt = Field(8, le=MAX_BATCH)
+    content_free: list[str] = Field(["N/A", "", "[MASK]"], min_length=1, description="calibration contextual: inputs whose label distribution is the bias to divide out.")
+    seeds: list[Seed] = Field([0, 1, 2, 3, 4], min_length=1, description="One draw of the k examples per seed; results are mean \u00b1 std over seeds.")
+    batch_size: PositiveInt = Field(8, le=MAX_BATCH, description="Prompts scored per forward pass.")
     max_new_tokens: PositiveInt = Field(32, description="extractive_qa prompting: longest generated answer.")
     stop: list[str] = Field(["\n"], description="extractive_qa prompting: the answer ends at the first of these.")
-    setfit: SetfitSpec = SetfitSpec()
+    setfit: SetfitSpec = Field(SetfitSpec(), description="method setfit: the contrastive phase.")
 
     @field_validator("template")
     @classmethod
@@ -385,17 +385,17 @@ class JobSpec(Section):
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
         "ray: resources.num_workers Ray Train workers on a Ray cluster.")
-    seed: Seed = 42
-    output_dir: UserPath
-    model: ModelSpec
-    data: DataSpec
-    strategy: StrategySpec = StrategySpec()
-    training: TrainingSpec = TrainingSpec()
-    eval: EvalSpec = EvalSpec()
-    distributed: DistributedSpec = DistributedSpec()
-    resources: ResourcesSpec = ResourcesSpec()
-    qa: QaSpec = QaSpec()
-    lm: LMSpec = LMSpec()
+    seed: Seed = Field(42, description="Seeds data splits, shuffling, head initialisation and dropout.")
+    output_dir: UserPath = Field(description="The run folder: new, empty or an earlier run of this spec (see --resume/--overwrite).")
+    model: ModelSpec = Field(description="The pretrained model and how it is loaded.")
+    data: DataSpec = Field(description="Training and evaluation files, columns and labels.")
+    strategy: StrategySpec = Field(StrategySpec(), description="The transfer strategy: what trains, and when.")
+    training: TrainingSpec = Field(TrainingSpec(), description="Optimisation, evaluation and checkpointing during training.")
+    eval: EvalSpec = Field(EvalSpec(), description="Evaluation outputs.")
+    distributed: DistributedSpec = Field(DistributedSpec(), description="Processes and backend: none, DDP or DeepSpeed ZeRO.")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="runner ray: workers, CPUs/GPUs and fault tolerance.")
+    qa: QaSpec = Field(QaSpec(), description="task extractive_qa: windows and answer decoding.")
+    lm: LMSpec = Field(LMSpec(), description="task causal_lm: formats, packing and generations.")
     fewshot: FewshotSpec | None = Field(None, description="`tlscale fewshot SPEC`: prompting and encoder baselines.")
 
     @field_validator("task")
