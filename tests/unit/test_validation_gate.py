@@ -667,9 +667,18 @@ def test_spec_loads_without_torch(base):
 
 
 def test_builtin_tables_are_the_registries():
-    from tlscale.spec.schema import BUILTIN_STRATEGIES, BUILTIN_TASK_METRICS
+    import tlscale.fewshot.encoders  # noqa: F401  (registers the encoder methods)
+    from tlscale.data.readers import READERS
+    from tlscale.fewshot.methods import METHODS
+    from tlscale.fewshot.selection import SELECTIONS
+    from tlscale.spec.schema import (BUILTIN_FEWSHOT_METHODS, BUILTIN_FORMATS, BUILTIN_SELECTIONS, BUILTIN_STRATEGIES,
+                                     BUILTIN_TASK_METRICS)
     from tlscale.strategies import STRATEGIES
     from tlscale.tasks import TASKS
+
+    assert set(BUILTIN_FORMATS) == set(READERS.names())
+    assert set(BUILTIN_FEWSHOT_METHODS) == set(METHODS.names())
+    assert set(BUILTIN_SELECTIONS) == set(SELECTIONS.names())
 
     assert {name: set(metrics) for name, metrics in BUILTIN_TASK_METRICS.items()} == \
         {name: set(TASKS.get(name).metrics) for name in BUILTIN_TASK_METRICS}

@@ -222,7 +222,7 @@ def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int],
             msg = "required field is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if " found " not in msg:
+            if " found " not in msg and f"'{err.get('input')}'" not in msg:
                 msg += f" (found {_shown(err.get('input'))})"
         messages.append(f"{where}: {dotted}: {msg}")
     return messages

@@ -6,8 +6,8 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationInfo,
+                      field_validator, model_validator)
 
 MAX_SEED = 2**32 - 1  # numpy's seeds end here (torch's at 2**64 - 1)
 MAX_BATCH = 1_000_000
@@ -50,6 +50,9 @@ BUILTIN_TASK_METRICS = {
     "causal_lm": ("loss", "perplexity"),
 }
 BUILTIN_STRATEGIES = ("full", "feature_extraction", "partial", "gradual_unfreeze", "lora", "qlora")
+BUILTIN_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")  # tlscale.data.readers.READERS
+BUILTIN_FEWSHOT_METHODS = ("prompt", "linear_probe", "setfit")  # tlscale.fewshot.methods.METHODS
+BUILTIN_SELECTIONS = ("random", "balanced", "knn")  # tlscale.fewshot.selection.SELECTIONS
 
 
 def _registry(package: str, attribute: str):
@@ -59,6 +62,8 @@ def _registry(package: str, attribute: str):
 
 def _known_name(registry, kind: str, name: str, builtin) -> None:
     """ValueError naming the known ones (worded as Registry.unknown words it) when name is not one of them."""
+    if name == "auto" and "auto" in builtin:
+        return
     if registry is not None:
         if name not in registry:
             raise ValueError(registry.unknown(name))
@@ -67,6 +72,16 @@ def _known_name(registry, kind: str, name: str, builtin) -> None:
 
         raise ValueError(f"unknown {kind} '{name}'.{did_you_mean(name, builtin)} "
                          f"Available: {', '.join(sorted(builtin))}")
+
+
+def registered(module: str, attribute: str, kind: str, builtin: tuple[str, ...]) -> Any:
+    """A str field whose value names an entry of a registry (a plugin's too, once its module is imported),
+    checked against the built-in names while the registry's module is not loaded (no torch for validate)."""
+    def check(name: str) -> str:
+        _known_name(_registry(module, attribute), kind, name, builtin)
+        return name
+
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"examples": list(builtin)})]
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
@@ -115,7 +130,9 @@ class ModelSpec(Section):
 class DataSpec(Section):
     train_file: UserPath = Field(description="Training data: csv, tsv, jsonl, json or parquet (QA: SQuAD JSON too). ${VAR} and ~ expand.")
     eval_file: UserPath | None = Field(None, description="If absent, a seeded stratified split of train_file.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "json", "parquet"] = Field("auto", description="File format; auto: from the file extension.")
+    format: registered("tlscale.data.readers", "READERS", "data format", ("auto", *BUILTIN_FORMATS)) = Field(
+        "auto", description="File format (csv, tsv, jsonl, json, parquet, or a registered reader); auto: from the "
+        "file extension.")
     text_column: str = Field("text", description="Column holding the input text.")
     text_pair_column: str | None = Field(None, description="Second text of a pair (NLI, paraphrase); encoded as one input.")
     label_column: str = Field("label", description="Column holding the label.")
@@ -328,13 +345,13 @@ class FewshotSpec(Section):
     baseline trained on k labelled examples per class. Every seed draws its own examples from the training
     file; the evaluation data is never a source of demonstrations."""
 
-    method: Literal["prompt", "linear_probe", "setfit"] = Field(
+    method: registered("tlscale.fewshot.methods", "METHODS", "fewshot method", BUILTIN_FEWSHOT_METHODS) = Field(
         "prompt", description="prompt: log-likelihood of label words (classification) or generation (extractive_qa) "
         "with a causal LM. linear_probe / setfit: an encoder (model.name_or_path) trained on k per class.")
     k: int = Field(4, ge=0, description="prompt: demonstrations in each prompt (0 = zero-shot). Encoder "
                    "baselines: labelled examples per class.")
     k_per: Literal["class", "total"] = Field("class", description="prompt: k demonstrations per class, or in total.")
-    selection: Literal["random", "balanced", "knn"] = Field(
+    selection: registered("tlscale.fewshot.selection", "SELECTIONS", "fewshot selection", BUILTIN_SELECTIONS) = Field(
         "balanced", description="random: drawn without regard to class. balanced: the same number per class. "
         "knn: for each input, the most similar pool examples (cosine of encoder embeddings), nearest last.")
     pool_per_class: PositiveInt | None = Field(
