@@ -106,7 +106,14 @@ def read_table(path: str | Path, declared_format: str = "auto") -> Table:
 
 
 def _delimited(path: Path, delimiter: str, quoting: int) -> Table:
-    csv.field_size_limit(sys.maxsize)
+    limit = csv.field_size_limit(sys.maxsize)  # long documents (QA contexts) exceed the 128 KiB default
+    try:
+        return _read_delimited(path, delimiter, quoting)
+    finally:
+        csv.field_size_limit(limit)  # the process's setting is not ours to keep
+
+
+def _read_delimited(path: Path, delimiter: str, quoting: int) -> Table:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)

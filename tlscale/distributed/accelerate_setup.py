@@ -56,18 +56,3 @@ def fresh_accelerator_state() -> None:
     if world_size() == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-
-
-def finish_worker(exit_code: int) -> None:
-    """End a launched worker without the gloo teardown crash (SIGABRT in ~1 of 5 runs otherwise):
-    destroy the process group, flush, and leave without running interpreter finalizers."""
-    import sys
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        try:
-            torch.distributed.destroy_process_group()
-        except Exception:  # noqa: BLE001  (a peer already gone must not turn success into failure)
-            pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)

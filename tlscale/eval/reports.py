@@ -23,13 +23,11 @@ def write_predictions(path: Path, texts: list[str], probs: torch.Tensor, label_n
 
 
 def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list[str], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, nothing process-wide to switch
 
     size = max(4.0, 0.6 * len(label_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
     ax.set_yticks(range(len(label_names)), label_names)
@@ -43,4 +41,3 @@ def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

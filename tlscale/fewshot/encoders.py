@@ -32,9 +32,8 @@ class EncoderBaseline(ClassificationMethod):
         super().__init__(spec)
         SentenceTransformer = require("sentence_transformers").SentenceTransformer
 
-        from tlscale.models.loading import quiet_loading, resolve_model_path
+        from tlscale.models.loading import resolve_model_path
 
-        quiet_loading()
         self.encoder = SentenceTransformer(resolve_model_path(spec.model.name_or_path), device="cpu")
         self.encoder.max_seq_length = spec.model.max_length
         separator = f" {self.encoder.tokenizer.sep_token or '|'} "

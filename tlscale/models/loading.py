@@ -36,13 +36,6 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def quiet_loading() -> None:
-    """No per-tensor 'Loading weights' progress bars from transformers in command output."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def _load_error(path: str, exc: Exception) -> ConfigError:
     return ConfigError(f"model.name_or_path: cannot load '{path}': {str(exc).splitlines()[0]}")
 

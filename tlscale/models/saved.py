@@ -13,7 +13,6 @@ def load_task_model(checkpoint: str | Path, auto_class: str):
     import transformers
 
     from tlscale.errors import ConfigError
-    from tlscale.models.loading import quiet_loading
 
     folder = Path(checkpoint)
     if (folder / "model" / "config.json").is_file() and not (folder / "config.json").is_file():
@@ -29,7 +28,6 @@ def load_task_model(checkpoint: str | Path, auto_class: str):
         if not any(a.endswith(suffixes) for a in architectures):
             raise ConfigError(f"--checkpoint: '{checkpoint}' holds {', '.join(architectures) or 'an unknown model'}, "
                               f"not a {kind} (expected a *{' / *'.join(suffixes)})")
-    quiet_loading()
     model = getattr(transformers, auto_class).from_pretrained(folder).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
