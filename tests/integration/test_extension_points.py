@@ -80,9 +80,19 @@ class TextLength(Task):
 
 
 class BiasOnly(Strategy):
+    """Also uses the hooks a distillation strategy needs: prepare (place a teacher) and loss (add its term)."""
+    calls = {"prepare": 0, "loss": 0}
+
     def apply(self, model):
         set_trainable(model, {n for n, _ in model.named_parameters() if n.endswith(".bias") or "classifier" in n})
         return model
+
+    def prepare(self, accelerator) -> None:
+        self.calls["prepare"] += 1
+
+    def loss(self, model, batch, task_loss):
+        self.calls["loss"] += 1
+        return task_loss(model, batch) + 0.0 * sum(p.sum() for p in model.parameters() if p.requires_grad)
 
 
 @pytest.fixture
@@ -114,6 +124,7 @@ def test_a_task_and_strategy_from_outside_train_evaluate_and_compare_through_the
     untrained = sum(len(line.rsplit("\t", 1)[0].split()) / 10 for line in eval_lines) / len(eval_lines)
     assert metrics["eval"]["toy_mae"] < 0.85 * untrained  # it learned (predicting 0 scores `untrained`)
     assert metrics["train_examples"] == 120
+    assert BiasOnly.calls == {"prepare": 1, "loss": metrics["steps"]}  # one micro-batch per step here
 
     code, output = invoke("eval", spec, "--checkpoint", tmp_path / "run" / "model", "--output-dir", tmp_path / "eval")
     assert code == 0, output
