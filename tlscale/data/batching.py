@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data.classification import Examples
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 @dataclass
@@ -63,9 +65,25 @@ def sequential_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def no_grad(function):
+    """torch.no_grad() as a decorator that imports torch when called, not when the module loads."""
+    import functools
+
+    @functools.wraps(function)
+    def without_gradients(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return function(*args, **kwargs)
+
+    return without_gradients
+
+
 def pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     """Rows of token-level values as one (rows, longest) long tensor, padded with value on the right
     (left: for generation, so every prompt ends where the new tokens start). The one padding helper."""
+    import torch
+
     width = max((len(row) for row in rows), default=0)
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -80,6 +98,8 @@ def attention_mask(rows: list[list[int]], left: bool = False) -> torch.Tensor:
 
 
 def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    import torch
+
     rows = [data.input_ids[i] for i in indices]
     batch = {"input_ids": pad(rows, pad_id), "attention_mask": attention_mask(rows), "index": torch.tensor(indices)}
     if data.token_type_ids:

@@ -12,11 +12,13 @@ unpacked per-example losses agree (tested).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data.batching import attention_mask, pad
 from tlscale.errors import DataError
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 IGNORE = -100
 KINDS = {"prompt_completion": ("prompt", "completion"), "messages": ("messages",), "text": ("text",)}
@@ -165,6 +167,8 @@ def pack(examples: LMExamples, max_length: int) -> LMExamples:
 
 def collate_lm(data: LMExamples, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Right padding; labels IGNORE on padding. Packed data gets a 4D block-diagonal causal mask."""
+    import torch
+
     rows = [data.input_ids[i] for i in indices]
     width = max(len(row) for row in rows)
     positions = [data.position_ids[i] if data.position_ids else list(range(len(row))) for i, row in zip(indices, rows)]

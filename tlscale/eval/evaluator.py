@@ -1,15 +1,20 @@
 """Run a classifier over encoded data; shared by training, `tlscale eval` and `predict`."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from tlscale.data.batching import Encoded, collate, sequential_batches
+from tlscale.data.batching import Encoded, collate, no_grad, sequential_batches
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
-@torch.no_grad()
+@no_grad
 def score_batches(model, data: Encoded, batches: list[list[int]], pad_id: int, device,
                   feature_cache=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(example indices, probabilities) for the given batches, on the CPU."""
+    import torch
+
     was_training = model.training
     model.eval()
     indices, probs = [], []
@@ -29,6 +34,8 @@ def score_batches(model, data: Encoded, batches: list[list[int]], pad_id: int, d
 def predict_probabilities(model, data: Encoded, batch_size: int, pad_id: int, device,
                           feature_cache=None) -> torch.Tensor:
     """Probabilities in the original example order (batches sorted by length: less padding)."""
+    import torch
+
     batches = sequential_batches([len(ids) for ids in data.input_ids], batch_size)
     index, probs = score_batches(model, data, batches, pad_id, device, feature_cache)
     ordered = torch.empty_like(probs)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from tlscale.registry import Registry
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ register_metric("perplexity", "min", "exp(loss) over held-out completion tokens"
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, label_names: list[str],
                            calibration_bins: int = 15) -> dict:
     """accuracy, macro-F1, per-class P/R/F1, expected calibration error and the confusion matrix."""
+    import torch
+
     from torchmetrics.functional.classification import (  # seconds to import: only when scoring
         multiclass_accuracy,
         multiclass_calibration_error,

@@ -7,16 +7,21 @@ windows) wins when it beats the best span by more than null_threshold, and the a
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data.qa import Question
 from tlscale.data.qa_windows import Windows
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 def best_answers(questions: list[Question], windows: Windows, start_logits: list[torch.Tensor],
                  end_logits: list[torch.Tensor], n_best: int = 20, max_answer_tokens: int = 30,
                  null_threshold: float | None = None) -> dict[str, str]:
     """start_logits[i], end_logits[i]: 1-D logits of window i (its own length, no padding)."""
+    import torch
+
     best: dict[int, tuple[float, str]] = {}
     null: dict[int, float] = {}
     for w, q in enumerate(windows.question_index):

@@ -1,17 +1,22 @@
 """Score a span-prediction model on question windows: logits per window, spans back to text, SQuAD EM/F1."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from tlscale.data.batching import attention_mask, pad
+from tlscale.data.batching import attention_mask, no_grad, pad
 from tlscale.data.qa import Question
 from tlscale.data.qa_windows import Windows
 from tlscale.eval.qa_answers import best_answers
 from tlscale.eval.squad import squad_scores
 
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
+
 
 def collate_windows(windows: Windows, indices: list[int], pad_id: int, labels: bool = True) -> dict:
     """Right-padded batch of windows; `index` says which windows they are (for gathering)."""
+    import torch
+
     rows = [windows.input_ids[i] for i in indices]
     batch = {"input_ids": pad(rows, pad_id), "attention_mask": attention_mask(rows),
              "token_type_ids": pad([windows.token_type_ids[i] for i in indices], 0), "index": torch.tensor(indices)}
@@ -21,7 +26,7 @@ def collate_windows(windows: Windows, indices: list[int], pad_id: int, labels: b
     return batch
 
 
-@torch.no_grad()
+@no_grad
 def window_logits(model, windows: Windows, indices: list[int], pad_id: int, batch_size: int, device,
                   accepts_token_types: bool = True) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """window index -> (start logits, end logits), unpadded, on the CPU."""

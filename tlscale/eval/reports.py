@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 def write_predictions(path: Path, texts: list[str], probs: torch.Tensor, label_names: list[str],

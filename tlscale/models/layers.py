@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EMBEDDING_HINTS = ("embed", "wte", "wpe", "word_", "position", "token_type")
 
@@ -24,6 +27,8 @@ class LayerGroups:
 
 def find_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     """The longest ModuleList of the backbone: its transformer blocks."""
+    from torch import nn
+
     lists = [(name, m) for name, m in backbone.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not lists:
         raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")

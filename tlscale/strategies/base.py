@@ -1,7 +1,10 @@
 """What a transfer strategy is: it decides which parameters train, and when."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
+    from torch import nn
 
 from tlscale.models.layers import LayerGroups, layer_groups
 from tlscale.registry import Registry

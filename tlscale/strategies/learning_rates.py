@@ -1,7 +1,10 @@
 """Optimizer parameter groups: discriminative (layer-wise) learning rates and a head LR."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
+    from torch import nn
 
 from tlscale.models.layers import layer_groups
 from tlscale.strategies.base import base_model

@@ -2,7 +2,10 @@
 attention and MLP projections, plus the new head, train. Outputs: a PEFT adapter folder and a merged model."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
+    from torch import nn
 
 from tlscale.errors import ConfigError, require
 from tlscale.models.layers import new_head_modules
@@ -33,6 +36,8 @@ def default_targets(model_type: str) -> list[str]:
 def _adaptable(module: nn.Module) -> bool:
     """Layers PEFT's LoRA can wrap (bitsandbytes' quantized layers subclass nn.Linear; transformers' Conv1D is
     GPT-2's transposed Linear)."""
+    from torch import nn
+
     return isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)) or \
         type(module).__name__ == "Conv1D"
 

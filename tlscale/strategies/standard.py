@@ -1,7 +1,10 @@
 """The classic transfer strategies: full, feature extraction, partial, gradual unfreezing."""
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
+    from torch import nn
 
 from tlscale.strategies.base import STRATEGIES, Strategy, groups_of, set_trainable
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tlscale.registry import Registry
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -116,6 +117,8 @@ def gather_rows(accelerator, score, batches: list[list[int]], n: int) -> torch.T
     """Each rank scores its share of the batches (score(indices) -> (index, rows)); rows are gathered and
     placed by example index, so nothing is dropped or counted twice. Every rank runs as many forwards
     (ZeRO-3 parameter gathers need all ranks)."""
+    import torch
+
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = batches[rank::world]
     rounds = -(-len(batches) // world)

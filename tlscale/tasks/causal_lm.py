@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import math
 import random
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data.batching import sequential_batches
 from tlscale.data.causal_lm import IGNORE, collate_lm, label_tokens, pack, read_lm_records, tokenize_lm
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 @TASKS.register("causal_lm")
@@ -51,6 +53,8 @@ class CausalLM(Task):
         return label_tokens(dataset, indices)
 
     def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
+        import torch
+
         spec, eval_set = self.spec, data.eval
 
         @torch.no_grad()

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data import build_classification_data, collate, sequential_batches, tokenize
 from tlscale.errors import ConfigError
 from tlscale.eval import classification_metrics, plot_confusion_matrix, write_predictions
 from tlscale.eval.evaluator import score_batches
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 
 @TASKS.register("text_classification")
@@ -43,6 +45,8 @@ class TextClassification(Task):
                                                                 feature_cache), batches, len(eval_set))
 
     def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
+        import torch
+
         spec, eval_set = self.spec, data.eval
         probs = self.probabilities(accelerator, model, data, pad_id, feature_cache)
         metrics = classification_metrics(probs, torch.tensor(eval_set.labels), data.label_names,
@@ -86,6 +90,8 @@ class TextClassification(Task):
     @classmethod
     def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
         """Label and probabilities for each row; columns default to those of the training spec."""
+        import torch
+
         from tlscale.data import read_examples
         from tlscale.eval import predict_probabilities
         from tlscale.models import load_trained_classifier

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import json
-
-import torch
+from typing import TYPE_CHECKING
 
 from tlscale.data.batching import sequential_batches
 from tlscale.data.qa import MAX_REPORTED, drop_misaligned, read_questions, split_by_article
@@ -11,6 +10,9 @@ from tlscale.data.qa_windows import make_windows
 from tlscale.errors import DataError
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
+    import torch
 
 PAD_LOGIT = -1e4
 
@@ -73,6 +75,8 @@ class ExtractiveQA(Task):
         return collate_windows(dataset, indices, pad_id)
 
     def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
+        import torch
+
         spec, qa, windows = self.spec, self.spec.qa, data.eval
         width = max(len(ids) for ids in windows.input_ids)
 
@@ -113,6 +117,8 @@ class ExtractiveQA(Task):
     def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
         """The best answer span for each question of a SQuAD JSON or flat jsonl/csv file (gold answers
         optional), with the window settings the model was trained with."""
+        import torch
+
         from pathlib import Path
 
         from tlscale.eval.qa_answers import best_answers
