@@ -202,7 +202,7 @@ def test_jobs_follow_and_stop(tmp_path, cluster, rows):
 def test_announced_preemption_takes_a_checkpoint_before_the_node_goes(tmp_path, cluster, rows):
     """Ray drains a node before reclaiming it (spot preemption); the workers checkpoint at once, with no
     periodic checkpoints configured, and hand it to Ray. Last in this module: it leaves a node drained."""
-    spec_file = spec_for(tmp_path, rows, "preempted", {"backend": "ddp"}, cluster["address"], steps=150)
+    spec_file = spec_for(tmp_path, rows, "preempted", {"backend": "ddp"}, cluster["address"], steps=300)
     raw = yaml.safe_load(spec_file.read_text())
     raw["training"].pop("save_every_steps")
     raw["training"]["epochs"] = 30
