@@ -109,3 +109,19 @@ def test_every_runner_compiles_deepspeed_ops_into_one_folder(monkeypatch):
     assert extensions_dir() == "/elsewhere"
     source = (Path(__file__).resolve().parents[2] / "tlscale" / "runners" / "ray_runner.py").read_text()
     assert 'os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()' in source
+
+
+def test_a_stale_deepspeed_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """A compile killed halfway leaves <op>/lock; torch would wait for it forever."""
+    import os
+    import time
+
+    from tlscale.runners.launch import clear_stale_build_locks
+
+    for op in ("cpu_adam", "deepspeed_shm_comm"):
+        (tmp_path / op).mkdir()
+        (tmp_path / op / "lock").write_text("")
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / "cpu_adam" / "lock", (hour_ago, hour_ago))
+    assert clear_stale_build_locks(str(tmp_path)) == [tmp_path / "cpu_adam" / "lock"]
+    assert not (tmp_path / "cpu_adam" / "lock").exists() and (tmp_path / "deepspeed_shm_comm" / "lock").exists()

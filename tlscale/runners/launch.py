@@ -34,10 +34,32 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "tlscale" / "torch_extensions")
 
 
+STALE_BUILD_LOCK_S = 900  # a compile of DeepSpeed's CPU ops takes 1-3 minutes here
+
+
+def clear_stale_build_locks(root: str, older_than_s: float = STALE_BUILD_LOCK_S) -> list[Path]:
+    """A DeepSpeed op compile killed halfway leaves ROOT/<op>/lock behind, and torch then waits for it
+    forever: every later DeepSpeed run would hang at start. Locks far older than any compile are removed."""
+    removed = []
+    for lock in Path(root).glob("*/lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age > older_than_s:
+                lock.unlink()
+                removed.append(lock)
+                log.warning(f"removed {lock}: left by a DeepSpeed op build {age / 60:.0f} minutes ago that never "
+                            "finished (it would make this run wait forever)")
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int | None, show_progress: bool,
                  lock_fd: int | None = None, stop: StopRequest | None = None) -> int:
     """Returns 0, 2 (a worker rejected its input) or the failing worker's exit code. A stop request (the
     entry point's SIGTERM or Ctrl-C) reaches the workers as SIGTERM: they checkpoint and exit 0."""
+    if spec.distributed.backend == "deepspeed":
+        clear_stale_build_locks(extensions_dir())
     with tempfile.TemporaryDirectory(prefix="tlscale-launch-") as tmp:
         spec_file = Path(tmp) / "spec.yaml"
         spec_file.write_text(dump_spec(spec))

@@ -126,9 +126,10 @@ def worker_loop(config: dict) -> None:
     import yaml
 
     from tlscale.logs import keep_run_log, setup_entry_point
-    from tlscale.runners.launch import extensions_dir
+    from tlscale.runners.launch import clear_stale_build_locks, extensions_dir
 
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()  # the same compiled DeepSpeed ops as local launches
+    clear_stale_build_locks(extensions_dir())
     os.environ["RANK"] = str(ray.train.get_context().get_world_rank())  # Ray sets it later; the log filter needs it
     setup_entry_point()
     from tlscale.spec import spec_from_dict
