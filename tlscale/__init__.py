@@ -1,6 +1,8 @@
 """tlscale: transfer learning at scale, from one YAML job spec."""
 from tlscale.errors import ConfigError, DataError, DependencyError, TlscaleError
 from tlscale.spec import JobSpec, load_spec
+import tlscale.strategies  # noqa: E402,F401  (registers the built-in strategies and their options: light, no torch)
+import tlscale.tasks  # noqa: E402,F401  (registers the built-in tasks)
 
 __version__ = "0.1.0"
 

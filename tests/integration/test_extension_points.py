@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import Field
 
 from tests.conftest import tiny_spec, write_spec
 from tests.unit.cli_checks import invoke
 from tlscale.data.batching import sequential_batches
 from tlscale.eval.metrics import METRICS, register_metric
+from tlscale.spec.schema import StrategySpec
 from tlscale.strategies.base import STRATEGIES, Strategy, set_trainable
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
 
@@ -79,12 +81,19 @@ class TextLength(Task):
         return {"toy_mae": error.abs().mean().item(), "loss": (error ** 2).mean().item(), "num_examples": len(rows)}
 
 
+class BiasOnlyOptions(StrategySpec):
+    norms_too: bool = Field(False, description="Also train the LayerNorm weights.")
+
+
 class BiasOnly(Strategy):
-    """Also uses the hooks a distillation strategy needs: prepare (place a teacher) and loss (add its term)."""
+    """Declares its own options; also uses the hooks a distillation strategy needs: prepare (place a teacher)
+    and loss (add its term)."""
+    options = BiasOnlyOptions
     calls = {"prepare": 0, "loss": 0}
 
     def apply(self, model):
-        set_trainable(model, {n for n, _ in model.named_parameters() if n.endswith(".bias") or "classifier" in n})
+        set_trainable(model, {n for n, _ in model.named_parameters() if n.endswith(".bias") or "classifier" in n
+                              or (self.spec.norms_too and "LayerNorm.weight" in n)})
         return model
 
     def prepare(self, accelerator) -> None:
@@ -106,12 +115,15 @@ def registered():
 
 
 def test_a_task_and_strategy_from_outside_train_evaluate_and_compare_through_the_cli(tmp_path, sst2_files, registered):
-    raw = tiny_spec(tmp_path / "run", sst2_files[0], None, task="toy_text_length", strategy={"name": "toy_bias_only"},
+    raw = tiny_spec(tmp_path / "run", sst2_files[0], None, task="toy_text_length",
+                    strategy={"name": "toy_bias_only", "norms_too": True},
                     training={"epochs": 3, "lr": 3e-3, "eval_every_steps": 15, "keep_best": True})
     raw["data"].pop("labels")
     spec = write_spec(tmp_path / "spec.yaml", raw)
     code, output = invoke("validate", spec)
     assert code == 0, output
+    code, output = invoke("validate", spec, "strategy.norm_too=true")  # its options are checked like ours
+    assert code == 2 and "unknown key 'norm_too'. Did you mean 'norms_too'?" in output, output
     code, output = invoke("train", spec, "--no-progress")
     assert code == 0, output
     assert "toy_mae=" in output and "step 15: " in output  # the headline and the evaluations on the console
@@ -125,6 +137,7 @@ def test_a_task_and_strategy_from_outside_train_evaluate_and_compare_through_the
     assert metrics["eval"]["toy_mae"] < 0.85 * untrained  # it learned (predicting 0 scores `untrained`)
     assert metrics["train_examples"] == 120
     assert BiasOnly.calls == {"prepare": 1, "loss": metrics["steps"]}  # one micro-batch per step here
+    assert "norms_too: true" in (tmp_path / "run" / "spec.yaml").read_text()
 
     code, output = invoke("eval", spec, "--checkpoint", tmp_path / "run" / "model", "--output-dir", tmp_path / "eval")
     assert code == 0, output

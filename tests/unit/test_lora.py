@@ -10,7 +10,8 @@ from tests.conftest import tiny_spec, write_spec
 from tlscale.errors import ConfigError
 from tlscale.models import build_classifier
 from tlscale.spec import spec_from_dict
-from tlscale.spec.schema import ModelSpec, StrategySpec
+from tlscale.spec.schema import ModelSpec
+from tlscale.strategies.base import strategy_spec
 from tlscale.strategies import build_strategy, count_parameters
 
 
@@ -18,7 +19,7 @@ from tlscale.strategies import build_strategy, count_parameters
 def test_lora_trains_adapters_and_the_head_only(arch, targets):
     model = build_classifier(ModelSpec(name_or_path=f"tiny:{arch}"), ["neg", "pos"])
     total_before = count_parameters(model)[1]
-    peft_model = build_strategy(StrategySpec(name="lora", r=4)).apply(model)
+    peft_model = build_strategy(strategy_spec(name="lora", r=4)).apply(model)
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n or "classifier.modules_to_save" in n for n in names)
     assert any(targets in n for n in names)
@@ -30,12 +31,12 @@ def test_lora_trains_adapters_and_the_head_only(arch, targets):
 def test_unknown_target_module_is_a_clear_error():
     model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
     with pytest.raises(ConfigError, match="strategy.target_modules: \\['q_proj'\\] are not modules"):
-        build_strategy(StrategySpec(name="lora", target_modules=["q_proj"])).apply(model)
+        build_strategy(strategy_spec(name="lora", target_modules=["q_proj"])).apply(model)
 
 
 def test_lora_options_belong_to_lora(tmp_path):
     raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", None, strategy={"name": "full", "r": 8})
-    with pytest.raises(ConfigError, match="r only apply to strategies 'lora' and 'qlora'"):
+    with pytest.raises(ConfigError, match="r only applies to strategies 'lora' and 'qlora'"):
         spec_from_dict(raw)
 
 

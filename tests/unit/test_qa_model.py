@@ -10,7 +10,8 @@ from tlscale.data.qa_windows import make_windows
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics, window_logits
 from tlscale.models.layers import layer_groups, new_head_modules
 from tlscale.models.loading import build_qa_model, load_tokenizer
-from tlscale.spec.schema import ModelSpec, StrategySpec
+from tlscale.spec.schema import ModelSpec
+from tlscale.strategies.base import strategy_spec
 from tlscale.strategies import build_strategy
 
 
@@ -55,6 +56,6 @@ def test_overfits_eight_questions_and_scores_them(small_qa):
 
 def test_lora_on_a_span_model_trains_the_head(small_qa):
     spec, *_ = small_qa
-    model = build_strategy(StrategySpec(name="lora", r=4)).apply(build_qa_model(spec))
+    model = build_strategy(strategy_spec(name="lora", r=4)).apply(build_qa_model(spec))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("qa_outputs.modules_to_save" in n for n in trainable) and any("lora_A" in n for n in trainable)

@@ -10,7 +10,8 @@ from tests.conftest import tiny_spec
 from tlscale.errors import ConfigError
 from tlscale.models import build_classifier
 from tlscale.spec import spec_from_dict
-from tlscale.spec.schema import ModelSpec, StrategySpec
+from tlscale.spec.schema import ModelSpec
+from tlscale.strategies.base import strategy_spec
 from tlscale.strategies import build_strategy, count_parameters
 from tlscale.training.checkpoints import merged_copy
 
@@ -18,7 +19,7 @@ pytest.importorskip("bitsandbytes")
 
 
 def qlora_model(arch: str, **options):
-    strategy = build_strategy(StrategySpec(name="qlora", r=4, **options))
+    strategy = build_strategy(strategy_spec(name="qlora", r=4, **options))
     base = build_classifier(ModelSpec(name_or_path=f"tiny:{arch}"), ["neg", "pos"], strategy.load_options())
     return strategy.apply(base)
 
@@ -62,7 +63,7 @@ def test_4bit_base_counts_and_footprint():
     from tlscale.models.quantization import footprint_bytes, footprint_unquantized_bytes
 
     plain = build_classifier(ModelSpec(name_or_path="tiny:llama"), ["neg", "pos"])
-    strategy = build_strategy(StrategySpec(name="qlora"))
+    strategy = build_strategy(strategy_spec(name="qlora"))
     quantized = build_classifier(ModelSpec(name_or_path="tiny:llama"), ["neg", "pos"], strategy.load_options())
     assert count_parameters(quantized)[1] == count_parameters(plain)[1]  # packed weights count as what they hold
     assert footprint_unquantized_bytes(quantized) == footprint_bytes(plain)
@@ -72,7 +73,7 @@ def test_4bit_base_counts_and_footprint():
 
 
 def test_qlora_options_belong_to_qlora(tmp_path):
-    with pytest.raises(ConfigError, match="bits only apply to strategy 'qlora', not 'lora'"):
+    with pytest.raises(ConfigError, match="bits only applies to strategy 'qlora', not 'lora'"):
         spec_from_dict(tiny_spec(tmp_path / "o", tmp_path / "t.tsv", strategy={"name": "lora", "bits": 4}))
     with pytest.raises(ConfigError, match="quant_type only apply to 4-bit loading, found bits=8"):
         spec_from_dict(tiny_spec(tmp_path / "o", tmp_path / "t.tsv",
@@ -97,7 +98,7 @@ def test_qlora_run_writes_adapter_and_dequantized_merge(tmp_path, small_sst2):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
 
     # plain peft on a freshly quantized base gives the same predictions as the merged model
-    strategy = build_strategy(StrategySpec(name="qlora"))
+    strategy = build_strategy(strategy_spec(name="qlora"))
     base = build_classifier(ModelSpec(name_or_path="tiny:gpt2", max_length=48), ["negative", "positive"],
                             strategy.load_options())
     with_adapter = PeftModel.from_pretrained(base, tmp_path / "run" / "model-adapter").eval()
@@ -118,10 +119,10 @@ def test_bitsandbytes_without_a_working_backend_fails_validation(monkeypatch):
 
     monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
     with pytest.raises(DependencyError, match="'qlora' needs a working bitsandbytes backend.*no kernel image"):
-        build_strategy(StrategySpec(name="qlora")).load_options()
+        build_strategy(strategy_spec(name="qlora")).load_options()
     monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)
     with pytest.raises(DependencyError, match=r"pip install 'tlscale\[qlora\]'"):
-        build_strategy(StrategySpec(name="qlora")).load_options()
+        build_strategy(strategy_spec(name="qlora")).load_options()
 
 
 def test_export_merge_reports_the_eval_difference(tmp_path, small_sst2):

@@ -162,7 +162,7 @@ def frozen_weight_bits(strategy) -> float:
     """Bits per frozen Linear weight on the device, quantization constants included."""
     if strategy.name != "qlora":
         return 16
-    if strategy.bits == 8:
+    if getattr(strategy, "bits", None) == 8:
         return 8.25  # int8 + one fp32 scale per row (rows of ~128+ weights)
-    double_quant = True if strategy.double_quant is None else strategy.double_quant
+    double_quant = getattr(strategy, "double_quant", None) is not False
     return 4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)  # absmax per 64 weights

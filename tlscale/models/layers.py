@@ -6,10 +6,9 @@ speak in these groups, so the architecture-specific guessing lives here only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec is checked
     from torch import nn
 
 EMBEDDING_HINTS = ("embed", "wte", "wpe", "word_", "position", "token_type")

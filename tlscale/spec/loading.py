@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tlscale.errors import ConfigError, did_you_mean
-from tlscale.spec.schema import JobSpec
+from tlscale.spec.schema import JobSpec, _registry, strategy_options_class
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_NODES = 100_000  # values in a spec once aliases are expanded; real specs hold a few hundred
@@ -188,14 +188,36 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _fields_at(path: tuple) -> list[str]:
-    """Valid keys of the section at `path`, for did-you-mean suggestions."""
+def _fields_at(path: tuple, raw: dict | None = None) -> list[str]:
+    """Valid keys of the section at `path`, for did-you-mean suggestions (the strategy section: those of the
+    strategy the spec names)."""
     model: type[BaseModel] | None = JobSpec
     for part in path:
         field = model.model_fields.get(part) if model else None
         annotation = getattr(field, "annotation", None)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if path == ("strategy",):
+        model = strategy_options_class(_strategy_name(raw))
     return list(model.model_fields) if model else []
+
+
+def _strategy_name(raw: dict | None) -> str:
+    section = (raw or {}).get("strategy")
+    name = section.get("name", "full") if isinstance(section, dict) else "full"
+    return name if isinstance(name, str) else "full"
+
+
+def _option_of_another_strategy(key: str, raw: dict | None) -> str | None:
+    """'r only applies to strategies 'lora' and 'qlora', not 'full'' for a key another strategy declares."""
+    strategies = _registry("tlscale.strategies", "STRATEGIES")
+    if strategies is None:
+        return None
+    owners = [name for name in strategies.names() if key in strategy_options_class(name).model_fields]
+    if not owners:
+        return None
+    which = f"strategy '{owners[0]}'" if len(owners) == 1 else \
+        "strategies " + ", ".join(f"'{o}'" for o in owners[:-1]) + f" and '{owners[-1]}'"
+    return f"{key} only applies to {which}, not '{_strategy_name(raw)}'"
 
 
 def _shown(value: Any) -> str:
@@ -204,7 +226,7 @@ def _shown(value: Any) -> str:
 
 
 def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int],
-                  overridden: dict[tuple, str] | None = None) -> list[str]:
+                  overridden: dict[tuple, str] | None = None, raw: dict | None = None) -> list[str]:
     """One message per problem, placed at the spec's file:line, or at the override that set the value."""
     messages = []
     for err in exc.errors():
@@ -216,8 +238,11 @@ def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int],
         where = f"override '{override}'" if override else f"{source}:{line}" if line else source
         kind = err["type"]
         if kind == "extra_forbidden":
-            valid = _fields_at(loc[:-1])
-            msg = f"unknown key '{loc[-1]}'.{did_you_mean(loc[-1], valid)} Valid keys here: {', '.join(valid)}"
+            valid = _fields_at(loc[:-1], raw)
+            msg = (loc[:-1] == ("strategy",) and _option_of_another_strategy(str(loc[-1]), raw)) or \
+                f"unknown key '{loc[-1]}'.{did_you_mean(loc[-1], valid)} Valid keys here: {', '.join(valid)}"
+        elif kind == "missing" and loc[:1] == ("strategy",) and len(loc) == 2:
+            msg = f"strategy '{_strategy_name(raw)}' needs {loc[-1]}"
         elif kind == "missing":
             msg = "required field is missing"
         else:
@@ -268,7 +293,7 @@ def spec_from_dict(raw: dict, source: str = "<spec>", lines: dict[tuple, int] | 
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, source, lines or {}, overridden)) from None
+        raise ConfigError(format_errors(exc, source, lines or {}, overridden, raw)) from None
 
 
 def dump_spec(spec: JobSpec) -> str:
@@ -276,7 +301,26 @@ def dump_spec(spec: JobSpec) -> str:
 
 
 def json_schema() -> dict:
-    return JobSpec.model_json_schema()
+    """JobSpec's schema, with `strategy` as one of the registered strategies' options models."""
+    schema = JobSpec.model_json_schema()
+    strategies = _registry("tlscale.strategies", "STRATEGIES")
+    if strategies is None:
+        return schema
+    choices = []
+    for name in strategies.names():
+        options = strategy_options_class(name)
+        part = options.model_json_schema(ref_template="#/$defs/{model}")
+        schema["$defs"].update(part.pop("$defs", {}))
+        part["properties"]["name"] = {"const": name, "description": f"The {name} strategy."}
+        part["required"] = sorted({"name", *part.get("required", [])})
+        key = f"Strategy_{name}"
+        schema["$defs"][key] = part
+        choices.append({"$ref": f"#/$defs/{key}"})
+    schema["$defs"].pop("StrategySpec", None)  # only the base of the choices
+    prop = schema["properties"]["strategy"]
+    schema["properties"]["strategy"] = {"description": prop.get("description"), "default": prop.get("default"),
+                                        "oneOf": choices}
+    return schema
 
 
 _FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): ")

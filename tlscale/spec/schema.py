@@ -6,8 +6,8 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, SerializeAsAny,
+                      ValidationInfo, field_validator, model_validator)
 
 MAX_SEED = 2**32 - 1  # numpy's seeds end here (torch's at 2**64 - 1)
 MAX_BATCH = 1_000_000
@@ -166,31 +166,17 @@ class DataSpec(Section):
 
 
 class StrategySpec(Section):
-    name: str = Field("full", description="feature_extraction | partial | full | gradual_unfreeze | lora | qlora")
-    trainable_layers: PositiveInt | None = Field(None, description="partial: top k transformer layers that train.")
-    unfreeze_every_steps: PositiveInt | None = Field(
-        None, description="gradual_unfreeze: unfreeze one more layer group every N optimizer steps "
-        "(default: every epoch)."
-    )
+    """What every strategy accepts. A strategy declares its own options as a subclass (Strategy.options, e.g.
+    LoraOptions in tlscale/strategies/lora.py); the spec validates `strategy` with the class its name
+    registers, so adding a strategy with options touches no file here."""
+
+    name: str = Field("full", description="The registered strategy: feature_extraction | partial | full | "
+                      "gradual_unfreeze | lora | qlora, or one of your own.")
     layer_lr_decay: float | None = Field(
         None, gt=0.0, le=1.0, description="Discriminative LRs: each layer down from the top gets lr x decay."
     )
     head_lr: float | None = Field(None, gt=0.0, le=1.0,
                                   description="Learning rate of the new head (default training.lr).")
-    cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
-    r: PositiveInt | None = Field(None, description="lora: rank of the update matrices (default 8).")
-    alpha: float | None = Field(None, gt=0, description="lora: scaling numerator, update x alpha/r (default 2r).")
-    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="lora: dropout on the adapter input (0.05).")
-    target_modules: list[str] | None = Field(
-        None, description="lora: module names to adapt (default: attention and MLP projections of the architecture)."
-    )
-    bias: Literal["none", "all", "lora_only"] | None = Field(None, description="lora: which biases train (none).")
-    bits: Literal[4, 8] | None = Field(None, description="qlora: load the frozen base in 4-bit (default) or 8-bit.")
-    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="qlora 4-bit: data type (default nf4).")
-    double_quant: bool | None = Field(None, description="qlora 4-bit: quantize the quantization constants (default true).")
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
-        None, description="qlora 4-bit: dtype of the dequantized matmuls (auto: bfloat16 on a GPU with it, else float32)."
-    )
 
     @field_validator("name")
     @classmethod
@@ -198,26 +184,14 @@ class StrategySpec(Section):
         _known_name(_registry("tlscale.strategies", "STRATEGIES"), "strategy", name, BUILTIN_STRATEGIES)
         return name
 
-    @model_validator(mode="after")
-    def _options_fit_strategy(self) -> StrategySpec:
-        if self.name == "partial" and self.trainable_layers is None:
-            raise ValueError("strategy 'partial' needs trainable_layers (the top k layers that train)")
-        if self.name != "partial" and self.trainable_layers is not None:
-            raise ValueError(f"trainable_layers only applies to strategy 'partial', not '{self.name}'")
-        if self.name != "gradual_unfreeze" and self.unfreeze_every_steps is not None:
-            raise ValueError(f"unfreeze_every_steps only applies to 'gradual_unfreeze', not '{self.name}'")
-        lora_options = [k for k in ("r", "alpha", "lora_dropout", "target_modules", "bias") if getattr(self, k) is not None]
-        if lora_options and self.name not in ("lora", "qlora"):
-            raise ValueError(f"{', '.join(lora_options)} only apply to strategies 'lora' and 'qlora', not '{self.name}'")
-        quant_options = [k for k in ("bits", "quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
-        if quant_options and self.name != "qlora":
-            raise ValueError(f"{', '.join(quant_options)} only apply to strategy 'qlora', not '{self.name}'")
-        four_bit_only = [k for k in ("quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
-        if self.bits == 8 and four_bit_only:
-            raise ValueError(f"{', '.join(four_bit_only)} only apply to 4-bit loading, found bits=8")
-        if self.name == "feature_extraction" and self.layer_lr_decay is not None:
-            raise ValueError("layer_lr_decay has no effect with feature_extraction (the backbone is frozen)")
-        return self
+
+def strategy_options_class(name: str) -> type[StrategySpec]:
+    """The options model a strategy name registers (StrategySpec itself when the name is unknown: the name's
+    own check reports that)."""
+    strategies = _registry("tlscale.strategies", "STRATEGIES")
+    if strategies is None or name not in strategies:
+        return StrategySpec
+    return getattr(strategies.get(name), "options", StrategySpec)
 
 
 class TrainingSpec(Section):
@@ -406,7 +380,8 @@ class JobSpec(Section):
     output_dir: UserPath = Field(description="The run folder: new, empty or an earlier run of this spec (see --resume/--overwrite).")
     model: ModelSpec = Field(description="The pretrained model and how it is loaded.")
     data: DataSpec = Field(description="Training and evaluation files, columns and labels.")
-    strategy: StrategySpec = Field(StrategySpec(), description="The transfer strategy: what trains, and when.")
+    strategy: SerializeAsAny[StrategySpec] = Field(  # the options model of the named strategy, dumped whole
+        StrategySpec(), description="The transfer strategy: what trains, and when.")
     training: TrainingSpec = Field(TrainingSpec(), description="Optimisation, evaluation and checkpointing during training.")
     eval: EvalSpec = Field(EvalSpec(), description="Evaluation outputs.")
     distributed: DistributedSpec = Field(DistributedSpec(), description="Processes and backend: none, DDP or DeepSpeed ZeRO.")
@@ -420,6 +395,18 @@ class JobSpec(Section):
     def _known_task(cls, task: str) -> str:
         task_metrics(task)
         return task
+
+    @field_validator("strategy", mode="wrap")
+    @classmethod
+    def _strategy_options(cls, value: Any, handler, info: ValidationInfo) -> StrategySpec:
+        """Validate strategy with the options model of the strategy it names."""
+        if isinstance(value, dict):
+            name = value.get("name", "full")
+            if isinstance(name, str):  # an unknown name: the base model's name check says so
+                options = strategy_options_class(name)
+                if options is not StrategySpec:
+                    return options.model_validate(value)
+        return handler(value)
 
     @property
     def world_size(self) -> int:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
-    from torch import nn
-
 from tlscale.models.layers import LayerGroups, layer_groups
 from tlscale.registry import Registry
 from tlscale.spec.schema import StrategySpec
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec is checked
+    from torch import nn
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 
@@ -16,6 +16,7 @@ STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
 class Strategy:
     """Default behaviour: everything trains, nothing changes during training."""
 
+    options: type[StrategySpec] = StrategySpec  # the spec's `strategy` section for this strategy (a subclass)
     caches_features = False  # True: the backbone is frozen and its pooled output may be cached
     unfreezes_later = False  # True: parameters frozen at start train later (the optimizer must hold them)
 
@@ -77,3 +78,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def build_strategy(spec: StrategySpec) -> Strategy:
     return STRATEGIES.get(spec.name, field="strategy.name")(spec)
+
+
+def strategy_spec(name: str = "full", **options) -> StrategySpec:
+    """A strategy section in code (tests, notebooks): validated by the strategy's own options model."""
+    return STRATEGIES.get(name, field="strategy.name").options(name=name, **options)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
-    from torch import nn
-
 from tlscale.models.layers import layer_groups
 from tlscale.strategies.base import base_model
 from tlscale.spec.schema import StrategySpec, TrainingSpec
+
+if TYPE_CHECKING:  # torch loads when a model runs, not when a spec is checked
+    from torch import nn
 
 NO_DECAY_HINTS = ("bias", "layernorm", "layer_norm", "ln_", "norm.")
 

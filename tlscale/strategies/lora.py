@@ -2,15 +2,17 @@
 attention and MLP projections, plus the new head, train. Outputs: a PEFT adapter folder and a merged model."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
-    from torch import nn
+from pydantic import Field, PositiveInt, model_validator
 
 from tlscale.errors import ConfigError, require
 from tlscale.models.layers import new_head_modules
 from tlscale.spec.schema import ModelSpec, StrategySpec
 from tlscale.strategies.base import STRATEGIES, Strategy
+
+if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
+    from torch import nn
 
 # Attention and MLP projections per architecture (module names as transformers defines them).
 TARGET_MODULES = {
@@ -93,8 +95,37 @@ def model_skeleton(model_spec: ModelSpec) -> nn.Module | None:
         return None
 
 
+class LoraOptions(StrategySpec):
+    r: PositiveInt | None = Field(None, description="lora: rank of the update matrices (default 8).")
+    alpha: float | None = Field(None, gt=0, description="lora: scaling numerator, update x alpha/r (default 2r).")
+    lora_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="lora: dropout on the adapter input (0.05).")
+    target_modules: list[str] | None = Field(
+        None, description="lora: module names to adapt (default: attention and MLP projections of the architecture)."
+    )
+    bias: Literal["none", "all", "lora_only"] | None = Field(None, description="lora: which biases train (none).")
+
+
+class QloraOptions(LoraOptions):
+    bits: Literal[4, 8] | None = Field(None, description="qlora: load the frozen base in 4-bit (default) or 8-bit.")
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="qlora 4-bit: data type (default nf4).")
+    double_quant: bool | None = Field(None, description="qlora 4-bit: quantize the quantization constants "
+                                      "(default true).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="qlora 4-bit: dtype of the dequantized matmuls (auto: bfloat16 on a GPU with it, else "
+        "float32).")
+
+    @model_validator(mode="after")
+    def _four_bit_options(self) -> QloraOptions:
+        four_bit_only = [k for k in ("quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
+        if self.bits == 8 and four_bit_only:
+            raise ValueError(f"{', '.join(four_bit_only)} only apply to 4-bit loading, found bits=8")
+        return self
+
+
 @STRATEGIES.register("lora")
 class Lora(Strategy):
+    options = LoraOptions
+
     def check(self, spec) -> None:
         super().check(spec)  # qlora: bitsandbytes present and working here
         self.check_targets(spec.model)
@@ -122,6 +153,8 @@ class Lora(Strategy):
 @STRATEGIES.register("qlora")
 class Qlora(Lora):
     """LoRA on a base loaded in 4-bit (NF4/FP4) or 8-bit by bitsandbytes."""
+
+    options = QloraOptions
 
     def quantization(self) -> dict:
         from tlscale.models.quantization import compute_dtype

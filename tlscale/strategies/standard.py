@@ -3,10 +3,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pydantic import Field, PositiveInt, model_validator
+
+from tlscale.spec.schema import StrategySpec
+from tlscale.strategies.base import STRATEGIES, Strategy, groups_of, set_trainable
+
 if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checked
     from torch import nn
 
-from tlscale.strategies.base import STRATEGIES, Strategy, groups_of, set_trainable
+
+class FeatureExtractionOptions(StrategySpec):
+    cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
+
+    @model_validator(mode="after")
+    def _no_layer_decay(self) -> FeatureExtractionOptions:
+        if self.layer_lr_decay is not None:
+            raise ValueError("layer_lr_decay has no effect with feature_extraction (the backbone is frozen)")
+        return self
+
+
+class PartialOptions(StrategySpec):
+    trainable_layers: PositiveInt = Field(description="partial: top k transformer layers that train (required).")
+
+
+class GradualUnfreezeOptions(StrategySpec):
+    unfreeze_every_steps: PositiveInt | None = Field(
+        None, description="gradual_unfreeze: unfreeze one more layer group every N optimizer steps "
+        "(default: every epoch).")
 
 
 @STRATEGIES.register("full")
@@ -18,6 +41,7 @@ class Full(Strategy):
 class FeatureExtraction(Strategy):
     """Backbone frozen, only the new head trains; pooled features can be computed once."""
 
+    options = FeatureExtractionOptions
     caches_features = True
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -28,6 +52,8 @@ class FeatureExtraction(Strategy):
 @STRATEGIES.register("partial")
 class Partial(Strategy):
     """The top k transformer blocks and the head train."""
+
+    options = PartialOptions
 
     def apply(self, model: nn.Module) -> nn.Module:
         groups = groups_of(model)
@@ -47,6 +73,7 @@ class Partial(Strategy):
 class GradualUnfreeze(Strategy):
     """ULMFiT: head first, then one more group from the top every epoch (or every N steps)."""
 
+    options = GradualUnfreezeOptions
     unfreezes_later = True
 
     def apply(self, model: nn.Module) -> nn.Module:
