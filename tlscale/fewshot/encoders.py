@@ -110,13 +110,7 @@ class SetFit(EncoderBaseline):
 
 def fit_head(vectors: np.ndarray, labels: list[int], seed: int):
     """Logistic regression with C chosen by leave-one-out accuracy on the training examples (ties: smaller C)."""
-    try:
-        LogisticRegression = require("sklearn.linear_model").LogisticRegression
-    except ImportError:
-        from tlscale.errors import DependencyError, require
-
-        raise DependencyError("fewshot.method: the encoder baselines need scikit-learn; pip install "
-                              "'tlscale[fewshot]'") from None
+    LogisticRegression = require("sklearn.linear_model").LogisticRegression  # the 'fewshot' extra
 
     labels = np.asarray(labels)
     best_c, best = HEAD_C[0], -1.0
