@@ -45,11 +45,18 @@ def stop_run_log(handler: RunLogFile | None) -> None:
 
 
 class ConsoleHandler(logging.StreamHandler):
-    """Notes as plain lines, warnings as 'warning: ...', on stderr (stdout stays for results)."""
+    """Notes as plain lines, warnings as 'warning: ...', on stderr (stdout stays for results); a progress bar
+    on the same stream steps aside for them."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
         return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
 
 
 class _DropKnownNoise(logging.Filter):

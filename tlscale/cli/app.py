@@ -46,8 +46,11 @@ class _ConsoleLog(logging.Handler):
     """tlscale's notes (plain) and warnings on stderr, printed as the CLI prints errors."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
         text = escape(record.getMessage())
-        err.print(f"[yellow]warning:[/] {text}" if record.levelno >= logging.WARNING else text, markup=True)
+        with tqdm.external_write_mode(file=sys.stderr):  # a progress bar on stderr steps aside, then comes back
+            err.print(f"[yellow]warning:[/] {text}" if record.levelno >= logging.WARNING else text, markup=True)
 
 
 @app.callback()
