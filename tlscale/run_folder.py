@@ -251,6 +251,10 @@ def _lock(path: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
+            deadline = time.monotonic() + 1.0
+            while not holder and time.monotonic() < deadline:  # the holder writes its name just after locking
+                time.sleep(0.02)
+                holder = _read_holder(fd)
             os.close(fd)
             raise RunStateError(f"output_dir: '{path}' is in use by another run ({_describe(holder)}); wait for "
                                 "it to end, or choose another output_dir") from None
