@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("tlscale")
@@ -27,19 +28,18 @@ class RunLogFile(logging.FileHandler):
         self.addFilter(RankZeroFilter())
 
 
-def keep_run_log(run_path: Path) -> RunLogFile | None:
-    """Start appending this process's tlscale records to RUN/train.log (once per run folder)."""
+@contextmanager
+def run_log(run_path: Path):
+    """Append this process's tlscale records to RUN/train.log while the block runs (once per run folder)."""
     path = Path(run_path) / RUN_LOG
-    for handler in log.handlers:
-        if isinstance(handler, RunLogFile) and Path(handler.baseFilename) == path.resolve():
-            return None
+    if any(isinstance(h, RunLogFile) and Path(h.baseFilename) == path.resolve() for h in log.handlers):
+        yield
+        return
     handler = RunLogFile(path)
     log.addHandler(handler)
-    return handler
-
-
-def stop_run_log(handler: RunLogFile | None) -> None:
-    if handler is not None:
+    try:
+        yield
+    finally:
         log.removeHandler(handler)
         handler.close()
 

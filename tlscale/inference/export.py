@@ -61,13 +61,14 @@ def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluat
     spec, task, model, tokenizer, label_names = load_adapter_model(adapter)
     report: dict = {"adapter": str(adapter), "strategy": spec.strategy.name, "task": spec.task}
     if evaluate:
-        before = _scores(task, model, tokenizer, label_names)
+        data = task.saved_data(tokenizer, label_names)  # once, for both models
+        before = _scores(task, model, tokenizer, data)
     merged = merged_copy(model)
     if dtype is not None:
         merged = merged.to(DTYPES[dtype])
     report["dtype"] = str(next(merged.parameters()).dtype).removeprefix("torch.")
     if evaluate:
-        after = _scores(task, merged, tokenizer, label_names)
+        after = _scores(task, merged, tokenizer, data)
         report.update(_difference(task, before, after))
     write_model(merged, merged.state_dict(), tokenizer, label_names, (adapter / "tlscale_spec.yaml").read_text(),
                 Path(output))
@@ -75,15 +76,14 @@ def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluat
     return report
 
 
-def _scores(task, model, tokenizer, label_names) -> tuple[dict, object]:
+def _scores(task, model, tokenizer, data) -> tuple[dict, object]:
     """The task's metrics, and its per-example outputs where the task exposes them (class probabilities)."""
-    metrics = task.evaluate_saved(model, tokenizer, None, label_names)
+    metrics = task.evaluate_saved(model, tokenizer, None, data)
     outputs = None
     if hasattr(task, "probabilities"):
         from accelerate import Accelerator
 
-        accelerator = Accelerator()
-        outputs = task.probabilities(accelerator, model, task.prepare(tokenizer), tokenizer.pad_token_id)
+        outputs = task.probabilities(Accelerator(), model, data, tokenizer.pad_token_id)
     return metrics, outputs
 
 

@@ -17,7 +17,7 @@ def run_local(spec: JobSpec, options: RunOptions) -> RunResult | None:
 
 def run_in_process(spec: JobSpec, options: RunOptions) -> RunResult:
     from tlscale.distributed.accelerate_setup import fresh_accelerator_state
-    from tlscale.logs import keep_run_log, stop_run_log
+    from tlscale.logs import run_log
     from tlscale.run_folder import claim
     from tlscale.training.checkpoints import latest_checkpoint
     from tlscale.training.loop import train
@@ -33,18 +33,15 @@ def run_in_process(spec: JobSpec, options: RunOptions) -> RunResult:
             run = Run(folder, checkpoint=latest_checkpoint(folder.path) if options.resume else None,
                       resuming=options.resume, stop_after_steps=options.stop_after_steps,
                       show_progress=options.show_progress, stop=options.stop)
-            run_log = keep_run_log(folder.path)
-            try:
+            with run_log(folder.path):
                 result = train(spec, run)
-            finally:
-                stop_run_log(run_log)
         if not result.interrupted:
             run_claim.succeeded()
     return result
 
 
 def run_launched(spec: JobSpec, options: RunOptions) -> RunResult | None:
-    from tlscale.logs import keep_run_log, stop_run_log
+    from tlscale.logs import run_log
     from tlscale.run_folder import claim
     from tlscale.runners.launch import launch_local
     from tlscale.training.run_dir import RunDir
@@ -55,12 +52,9 @@ def run_launched(spec: JobSpec, options: RunOptions) -> RunResult | None:
         data = None
         if not finish_only:  # (killed after the workers ended, before the metrics were published)
             data = preflight(spec, options.resume)  # kept for the check of the saved model: read once here
-            run_log = keep_run_log(spec.output_dir)
-            try:
+            with run_log(spec.output_dir):
                 code = launch_local(spec, spec.distributed.num_processes, options.resume, options.stop_after_steps,
                                     options.show_progress, lock_fd=run_claim.fd, stop=options.stop)
-            finally:
-                stop_run_log(run_log)
             if code == 2:
                 raise RunStateError("a worker rejected its input (message above)")
             if code != 0:

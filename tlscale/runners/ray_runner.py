@@ -10,6 +10,7 @@ all ranks write their part of a checkpoint there and rank 0 reports it.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from tlscale.errors import ConfigError, require
@@ -58,15 +59,12 @@ class RayReporter(Reporter):
 @RUNNERS.register("ray")
 def run_on_ray(spec: JobSpec, options: RunOptions) -> RunResult | None:
     require("ray", "ray")
-    from tlscale.logs import keep_run_log, stop_run_log
+    from tlscale.logs import run_log
     from tlscale.run_folder import claim
 
     with claim(spec.output_dir, resume=options.resume, overwrite=options.overwrite) as run_claim:  # the driver's
-        run_log = keep_run_log(spec.output_dir)
-        try:
+        with run_log(spec.output_dir):
             result = _fit(spec, options.resume, options.stop_after_steps, options.show_progress)
-        finally:
-            stop_run_log(run_log)
         if result is not None:
             run_claim.succeeded()
         return result
@@ -125,7 +123,7 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import yaml
 
-    from tlscale.logs import keep_run_log, setup_entry_point
+    from tlscale.logs import run_log, setup_entry_point
     from tlscale.runners.launch import clear_stale_build_locks, extensions_dir
 
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()  # the same compiled DeepSpeed ops as local launches
@@ -146,19 +144,17 @@ def worker_loop(config: dict) -> None:
                           "it must be on storage every node mounts (NFS, a shared volume)")
     reporter = RayReporter(placement())
     folder = RunDir(spec.output_dir)
-    keep_run_log(folder.path)
     reported = ray.train.get_checkpoint()
-    if reported is None:
-        # A restart whose failure came before Ray registered the last report still finds the run's own
-        # checkpoints: the driver refused a non-empty output_dir without --resume, so any there are ours.
-        own = latest_checkpoint(folder.path)
-        resuming = config["resume"] or own is not None
-        run = Run(folder, checkpoint=own if resuming else None, resuming=resuming, show_progress=False,
-                  stop_after_steps=config["stop_after_steps"], publishes=False)
-        train(spec, run, reporter)
-        return
-    with reported.as_directory() as path:  # a restart after a failure: continue from the latest report
-        run = Run(folder, checkpoint=Path(path), resuming=True, show_progress=False,
+    with run_log(folder.path), (reported.as_directory() if reported else nullcontext()) as path:
+        if path is not None:  # a restart after a failure: continue from the latest report
+            checkpoint, resuming = Path(path), True
+        else:
+            # A restart whose failure came before Ray registered the last report still finds the run's own
+            # checkpoints: the driver refused a non-empty output_dir without --resume, so any there are ours.
+            own = latest_checkpoint(folder.path)
+            resuming = config["resume"] or own is not None
+            checkpoint = own if resuming else None
+        run = Run(folder, checkpoint=checkpoint, resuming=resuming, show_progress=False,
                   stop_after_steps=config["stop_after_steps"], publishes=False)
         train(spec, run, reporter)
 

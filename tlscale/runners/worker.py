@@ -21,7 +21,7 @@ def main() -> None:
     from tlscale.runners.launch import die_with_launcher
 
     die_with_launcher()
-    from tlscale.logs import QuietStream, keep_run_log, setup_entry_point
+    from tlscale.logs import QuietStream, run_log, setup_entry_point
 
     setup_entry_point()
     sys.stdout = QuietStream(sys.stdout)
@@ -37,8 +37,7 @@ def main() -> None:
         folder = RunDir(spec.output_dir)
         run = Run(folder, checkpoint=latest_checkpoint(folder.path) if args.resume else None, resuming=args.resume,
                   stop_after_steps=args.stop_after_steps, show_progress=not args.no_progress, publishes=False)
-        keep_run_log(folder.path)
-        with stop_on_signals(run.stop, interrupt_on_second=False):  # the launcher sends SIGKILL after SIGTERM
+        with run_log(folder.path), stop_on_signals(run.stop, interrupt_on_second=False):  # SIGKILL comes second
             train(spec, run)
     except TlscaleError as exc:
         for message in exc.messages:

@@ -77,15 +77,19 @@ class Task:
         tokenizer.model_max_length = self.spec.model.max_length
         return model, tokenizer
 
-    def evaluate_saved(self, model, tokenizer, out: Path | None, label_names: list[str] | None = None) -> dict:
-        """The loop's own evaluation (Task.evaluate) of a model in this process, on the spec's eval data;
-        with out, the task's files (predictions, plots) are written there."""
+    def saved_data(self, tokenizer, label_names: list[str] | None = None) -> TaskData:
+        """The spec's data for a saved model (a classifier also checks the labels it was trained with)."""
+        return self.prepare(tokenizer)
+
+    def evaluate_saved(self, model, tokenizer, out: Path | None, data: TaskData | None = None) -> dict:
+        """The loop's own evaluation (Task.evaluate) of a model in this process, on the spec's eval data
+        (data: already prepared with saved_data); with out, the task's files are written there."""
         from types import SimpleNamespace
 
         from accelerate import Accelerator
 
         accelerator = Accelerator()
-        data = self.prepare(tokenizer)
+        data = data or self.saved_data(tokenizer)
         return self.evaluate(accelerator, model.to(accelerator.device), data, SimpleNamespace(path=out),
                              tokenizer.pad_token_id, write_files=out is not None)
 

@@ -71,21 +71,15 @@ class TextClassification(Task):
         from tlscale.models import load_trained_classifier
 
         model, tokenizer, label_names = load_trained_classifier(checkpoint)
-        return self.evaluate_saved(model, tokenizer, out, label_names)
+        return self.evaluate_saved(model, tokenizer, out, self.saved_data(tokenizer, label_names))
 
-    def evaluate_saved(self, model, tokenizer, out: Path | None, label_names: list[str] | None = None) -> dict:
-        """As Task.evaluate_saved; the spec's data must be labelled as the model was trained (names, order)."""
-        from types import SimpleNamespace
-
-        from accelerate import Accelerator
-
-        accelerator = Accelerator()
+    def saved_data(self, tokenizer, label_names: list[str] | None = None) -> TaskData:
+        """The spec's data, which must be labelled as the model was trained (names and order)."""
         data = self.prepare(tokenizer)
         if label_names is not None and list(label_names) != list(data.label_names):
             raise ConfigError(f"data.labels: the spec's data gives {list(data.label_names)} but the model was "
                               f"trained with {list(label_names)} (in that order); make them match")
-        return self.evaluate(accelerator, model.to(accelerator.device), data, SimpleNamespace(path=out),
-                             tokenizer.pad_token_id, write_files=out is not None)
+        return data
 
     @classmethod
     def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,10 +203,9 @@ def run_epoch(s: Session) -> bool:
     from tlscale.distributed.steps import agree
 
     spec, state, training = s.spec, s.state, s.spec.training
-    lengths = [len(ids) for ids in s.data.train.input_ids]
     seed = spec.seed * 1000 + state.epoch
-    batches = (length_grouped_batches(lengths, training.batch_size, seed) if training.group_by_length
-               else shuffled_batches(len(lengths), training.batch_size, seed))
+    batches = (length_grouped_batches([len(ids) for ids in s.data.train.input_ids], training.batch_size, seed)
+               if training.group_by_length else shuffled_batches(len(s.data.train), training.batch_size, seed))
     batches = [b for b in batches if len(b) >= s.world][:s.batches_per_epoch]  # every rank needs an example
     clock = _EpochClock(state.train_time_s)
     position = state.batches_in_epoch
@@ -338,18 +338,13 @@ class _EpochClock:
     def total(self) -> float:
         return self.before + self.elapsed()
 
+    @contextmanager
     def excluded(self):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def leave_out():
-            start = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.left_out += time.perf_counter() - start
-
-        return leave_out()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.left_out += time.perf_counter() - start
 
 
 def _check_finite(loss: float, step: int, lr: float) -> None:
