@@ -80,11 +80,11 @@ def train(spec: JobSpec, run: Run, reporter: Reporter | None = None) -> RunResul
 
 def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     from tlscale.distributed.accelerate_setup import accelerator_kwargs, check_backend, fresh_accelerator_state
     from tlscale.distributed.steps import batches_per_epoch
     from tlscale.strategies import count_parameters, parameter_groups
+    from tlscale.training.schedule import lr_schedule
     from tlscale.training.tracking import trackers_for
 
     training, dist = spec.training, spec.distributed
@@ -107,8 +107,7 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     per_epoch = batches_per_epoch(len(data.train), accelerator.num_processes, dist, training)
     steps_per_epoch = math.ceil(per_epoch / training.grad_accum_steps)
     total_steps = min(steps_per_epoch * training.epochs, training.max_steps or math.inf)
-    scheduler = get_scheduler(training.scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = lr_schedule(training.scheduler, optimizer, int(training.warmup_ratio * total_steps), total_steps)
     # The scheduler stays ours: prepared, Accelerate steps it once per process (DDP) and DeepSpeed's engine
     # again. Our batch size is global and we step it once per optimizer step; registered, it is checkpointed.
     prepared, optimizer = accelerator.prepare(model, optimizer)
