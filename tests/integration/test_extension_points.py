@@ -17,7 +17,7 @@ from tests.conftest import tiny_spec, write_spec
 from tests.unit.cli_checks import invoke
 from tlscale.data.batching import sequential_batches
 from tlscale.eval.metrics import METRICS, register_metric
-from tlscale.spec.schema import StrategySpec
+from tlscale.spec.schema import StrategySpec, TaskOptions
 from tlscale.strategies.base import STRATEGIES, Strategy, set_trainable
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
 
@@ -31,18 +31,24 @@ class Sentences:
         return len(self.input_ids)
 
 
+class TextLengthOptions(TaskOptions):
+    """toy_text_length: how word counts become targets."""
+    words_per_unit: float = Field(10.0, gt=0, description="The target is the word count divided by this.")
+
+
 class TextLength(Task):
     name = "toy_text_length"
     auto_class = "AutoModelForSequenceClassification"
     metrics = ("toy_mae", "loss")
     headline_metrics = ("toy_mae",)
+    options, options_key = TextLengthOptions, "toy"  # its own spec section, `toy:`
 
     def prepare(self, tokenizer) -> TaskData:
         spec = self.spec
         lines = Path(spec.data.train_file).read_text().splitlines()[1:]
         texts = [line.rsplit("\t", 1)[0] for line in lines]
         ids = tokenizer(texts, truncation=True, max_length=spec.model.max_length)["input_ids"]
-        targets = [len(text.split()) / 10 for text in texts]
+        targets = [len(text.split()) / spec.toy.words_per_unit for text in texts]
         cut = int(len(texts) * 0.75)
         return TaskData(Sentences(ids[:cut], targets[:cut]), Sentences(ids[cut:], targets[cut:]))
 
@@ -117,13 +123,18 @@ def registered():
 def test_a_task_and_strategy_from_outside_train_evaluate_and_compare_through_the_cli(tmp_path, sst2_files, registered):
     raw = tiny_spec(tmp_path / "run", sst2_files[0], None, task="toy_text_length",
                     strategy={"name": "toy_bias_only", "norms_too": True},
-                    training={"epochs": 3, "lr": 3e-3, "eval_every_steps": 15, "keep_best": True})
+                    training={"epochs": 3, "lr": 3e-3, "eval_every_steps": 15, "keep_best": True},
+                    toy={"words_per_unit": 10})
     raw["data"].pop("labels")
     spec = write_spec(tmp_path / "spec.yaml", raw)
     code, output = invoke("validate", spec)
     assert code == 0, output
     code, output = invoke("validate", spec, "strategy.norm_too=true")  # its options are checked like ours
     assert code == 2 and "unknown key 'norm_too'. Did you mean 'norms_too'?" in output, output
+    code, output = invoke("validate", spec, "toy.words_per_unit=0")  # and the task's, in its own section
+    assert code == 2 and "toy.words_per_unit: Input should be greater than 0" in output, output
+    code, output = invoke("validate", spec, "toy.word_per_unit=2")
+    assert code == 2 and "Did you mean 'words_per_unit'?" in output, output
     code, output = invoke("train", spec, "--no-progress")
     assert code == 0, output
     assert "toy_mae=" in output and "step 15: " in output  # the headline and the evaluations on the console
@@ -138,6 +149,7 @@ def test_a_task_and_strategy_from_outside_train_evaluate_and_compare_through_the
     assert metrics["train_examples"] == 120
     assert BiasOnly.calls == {"prepare": 1, "loss": metrics["steps"]}  # one micro-batch per step here
     assert "norms_too: true" in (tmp_path / "run" / "spec.yaml").read_text()
+    assert "words_per_unit: 10.0" in (tmp_path / "run" / "spec.yaml").read_text()
 
     code, output = invoke("eval", spec, "--checkpoint", tmp_path / "run" / "model", "--output-dir", tmp_path / "eval")
     assert code == 0, output

@@ -60,7 +60,7 @@ def test_tiny_qa_run_trains_scores_and_saves(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"qa": {"doc_stride": 64}}, "qa.doc_stride must be below model.max_length / 2"),
+    ({"qa": {"doc_stride": 64}}, "qa.doc_stride: must be below model.max_length / 2"),
     ({"training": {"metric_for_best": "accuracy"}}, "metric_for_best: expected one of"),
     ({"qa": {"train_articles": 48}}, "train_articles: expected 1..47"),
 ])

@@ -67,6 +67,9 @@ def test_schema_command_prints_json_schema(tmp_path):
     schema = json.loads((tmp_path / "schema.json").read_text())
     assert {"model", "data", "strategy", "training", "eval", "output_dir"} <= set(schema["properties"])
     assert schema["$defs"]["TrainingSpec"]["additionalProperties"] is False
+    # the tasks' own sections, from their options models; nothing else at the top level
+    assert schema["properties"]["qa"]["$ref"] == "#/$defs/QaOptions" and "doc_stride" in schema["$defs"]["QaOptions"]["properties"]
+    assert schema["properties"]["lm"]["$ref"] == "#/$defs/LMOptions" and schema["additionalProperties"] is False
 
 
 def test_every_schema_property_has_a_description():

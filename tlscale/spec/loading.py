@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tlscale.errors import ConfigError, did_you_mean
-from tlscale.spec.schema import JobSpec, _registry, strategy_options_class
+from tlscale.spec.schema import JobSpec, _registry, strategy_options_class, task_option_sections, task_options_class
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 MAX_NODES = 100_000  # values in a spec once aliases are expanded; real specs hold a few hundred
@@ -198,6 +198,11 @@ def _fields_at(path: tuple, raw: dict | None = None) -> list[str]:
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     if path == ("strategy",):
         model = strategy_options_class(_strategy_name(raw))
+    task_key, task_options = task_options_class((raw or {}).get("task", JobSpec.model_fields["task"].default))
+    if path == () and task_key:
+        return [*model.model_fields, task_key]
+    if path == (task_key,):
+        model = task_options
     return list(model.model_fields) if model else []
 
 
@@ -233,7 +238,7 @@ def format_errors(exc: ValidationError, source: str, lines: dict[tuple, int],
         loc = tuple(err["loc"])
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         override = next((text for path, text in (overridden or {}).items() if loc[:len(path)] == path
-                         or (err["type"] == "extra_forbidden" and path[:len(loc)] == loc)), None)
+                         or (loc and path[:len(loc)] == loc)), None)  # set there, or beneath a section refused
         line = _line_of(loc, lines)
         where = f"override '{override}'" if override else f"{source}:{line}" if line else source
         kind = err["type"]
@@ -320,7 +325,22 @@ def json_schema() -> dict:
     prop = schema["properties"]["strategy"]
     schema["properties"]["strategy"] = {"description": prop.get("description"), "default": prop.get("default"),
                                         "oneOf": choices}
+    _add_task_sections(schema)
     return schema
+
+
+def _add_task_sections(schema: dict) -> None:
+    """Each registered task's own section (`qa`, `lm`, a plugin's) as a property; no other extra keys."""
+    for key, owners in task_option_sections().items():
+        refs = []
+        for _, options in owners:
+            part = options.model_json_schema(ref_template="#/$defs/{model}")
+            schema["$defs"].update(part.pop("$defs", {}))
+            schema["$defs"][options.__name__] = part
+            refs.append({"$ref": f"#/$defs/{options.__name__}"})
+        description = " ".join((options.__doc__ or "").split()) or f"task {owners[0][0]}: its options."
+        schema["properties"][key] = {"description": description, **(refs[0] if len(refs) == 1 else {"anyOf": refs})}
+    schema["additionalProperties"] = False
 
 
 _FIELD = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): ")

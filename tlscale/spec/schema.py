@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, SerializeAsAny,
-                      ValidationInfo, field_validator, model_validator)
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 MAX_SEED = 2**32 - 1  # numpy's seeds end here (torch's at 2**64 - 1)
 MAX_BATCH = 1_000_000
@@ -40,16 +41,10 @@ def _scalar_types(annotation: Any, in_list: bool = False) -> set:
     return {annotation}
 
 
-# The built-in tasks (with the metrics each reports, for metric_for_best) and strategies, as tlscale.tasks and
-# tlscale.strategies register them. Importing those packages imports torch (seconds): a spec is checked against
-# these tables until something has imported the package (a plugin registering a task or strategy has), so that a
-# typo in a spec comes back in about a second. A test keeps them equal to the registries.
-BUILTIN_TASK_METRICS = {
-    "text_classification": ("accuracy", "f1_macro", "loss", "ece"),
-    "extractive_qa": ("f1", "exact_match"),
-    "causal_lm": ("loss", "perplexity"),
-}
-BUILTIN_STRATEGIES = ("full", "feature_extraction", "partial", "gradual_unfreeze", "lora", "qlora")
+# Tasks and strategies are always registered (tlscale/__init__ imports both packages: light, no torch), so the
+# spec reads their registries. Data formats and few-shot methods are registered by modules that import more: a
+# spec is checked against these tables of the built-in names until those modules are loaded (a test keeps the
+# tables equal to the registries).
 BUILTIN_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")  # tlscale.data.readers.READERS
 BUILTIN_FEWSHOT_METHODS = ("prompt", "linear_probe", "setfit")  # tlscale.fewshot.methods.METHODS
 BUILTIN_SELECTIONS = ("random", "balanced", "knn")  # tlscale.fewshot.selection.SELECTIONS
@@ -87,8 +82,17 @@ def registered(module: str, attribute: str, kind: str, builtin: tuple[str, ...])
 def task_metrics(task: str) -> tuple[str, ...]:
     """The metrics of a known task; ValueError naming the known tasks otherwise."""
     tasks = _registry("tlscale.tasks", "TASKS")
-    _known_name(tasks, "task", task, BUILTIN_TASK_METRICS)
-    return tuple(tasks.get(task).metrics) if tasks is not None else BUILTIN_TASK_METRICS[task]
+    _known_name(tasks, "task", task, ())
+    return tuple(tasks.get(task).metrics)
+
+
+def _is_default(model: type[BaseModel], section: Any) -> bool:
+    """True when section validates to the model's defaults (a run folder's spec.yaml of an older version wrote
+    every task's section)."""
+    try:
+        return model.model_validate({} if section is None else section) == model()
+    except ValidationError:
+        return False
 
 
 class Section(BaseModel):
@@ -181,7 +185,7 @@ class StrategySpec(Section):
     @field_validator("name")
     @classmethod
     def _known(cls, name: str) -> str:
-        _known_name(_registry("tlscale.strategies", "STRATEGIES"), "strategy", name, BUILTIN_STRATEGIES)
+        _known_name(_registry("tlscale.strategies", "STRATEGIES"), "strategy", name, ())
         return name
 
 
@@ -282,27 +286,6 @@ class ResourcesSpec(Section):
         return self
 
 
-class QaSpec(Section):
-    """extractive_qa: how contexts become windows and spans become answers."""
-
-    doc_stride: PositiveInt = Field(128, description="Tokens of overlap between consecutive windows of a context.")
-    n_best: PositiveInt = Field(20, description="Start and end candidates per window.")
-    max_answer_tokens: PositiveInt = Field(30, description="Longest answer span, in tokens.")
-    version: Literal["v1", "v2"] = Field("v1", description="v2: unanswerable questions and HasAns/NoAns scores.")
-    null_threshold: float = Field(0.0, description="v2: answer '' when the no-answer score beats the best span "
-                                  "by more than this.")
-    train_articles: PositiveInt | None = Field(
-        None, description="Without data.eval_file: the first N articles of a SQuAD JSON train, the rest evaluate.")
-
-
-class LMSpec(Section):
-    """causal_lm: packing and sampled generations."""
-
-    packing: bool = Field(False, description="Several examples per training sequence (block-diagonal attention).")
-    generations: int = Field(4, ge=0, description="Held-out prompts to sample completions for (generations.jsonl).")
-    max_new_tokens: PositiveInt = Field(32, description="Longest sampled completion in generations.jsonl.")
-
-
 class SetfitSpec(Section):
     """fewshot method setfit: contrastive pairs from the k examples per class, then the probe's head."""
 
@@ -371,7 +354,52 @@ class FewshotSpec(Section):
         return template
 
 
+class TaskOptions(Section):
+    """A task's own spec section (Task.options, e.g. QaOptions under `qa:` in tlscale/tasks/extractive_qa.py)."""
+
+    def problems(self, spec: JobSpec) -> dict[str, str]:
+        """{field: message} for values that do not fit the rest of the spec (read after it validated)."""
+        return {}
+
+
+def task_options_class(task: Any) -> tuple[str | None, type[TaskOptions] | None]:
+    """(section key, options model) a registered task declares; (None, None) for a task without options."""
+    tasks = _registry("tlscale.tasks", "TASKS")
+    if tasks is None or not isinstance(task, str) or task not in tasks:
+        return None, None
+    cls = tasks.get(task)
+    return getattr(cls, "options_key", None), getattr(cls, "options", None)
+
+
+def task_option_sections() -> dict[str, list[tuple[str, type[TaskOptions]]]]:
+    """{section key: [(task, options model), ...]} over the registered tasks."""
+    tasks = _registry("tlscale.tasks", "TASKS")
+    sections: dict[str, list] = {}
+    for name in tasks.names() if tasks is not None else []:
+        key, options = task_options_class(name)
+        if key and options:
+            sections.setdefault(key, []).append((name, options))
+    return sections
+
+
+def _error_details(exc: ValidationError, prefix: tuple = ()) -> list:
+    """A ValidationError's errors, their locations under prefix, ready to be raised again with others."""
+    return [{"type": PydanticCustomError(err["type"], err["msg"].removeprefix("Value error, ").replace("{", "{{")
+                                         .replace("}", "}}")),
+             "loc": prefix + tuple(err["loc"]), "input": err.get("input")} for err in exc.errors()]
+
+
+def _value_error(loc: tuple, message: str, value: Any) -> dict:
+    return {"type": PydanticCustomError("value_error", message.replace("{", "{{").replace("}", "}}")), "loc": loc,
+            "input": value}
+
+
 class JobSpec(Section):
+    """The job. Besides these fields, the task's own section (`qa:` for extractive_qa, `lm:` for causal_lm, or a
+    plugin task's) is validated with the options model the task declares and read as `spec.<key>`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
     task: str = Field("text_classification", description="text_classification | extractive_qa | causal_lm")
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
@@ -386,8 +414,6 @@ class JobSpec(Section):
     eval: EvalSpec = Field(EvalSpec(), description="Evaluation outputs.")
     distributed: DistributedSpec = Field(DistributedSpec(), description="Processes and backend: none, DDP or DeepSpeed ZeRO.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="runner ray: workers, CPUs/GPUs and fault tolerance.")
-    qa: QaSpec = Field(QaSpec(), description="task extractive_qa: windows and answer decoding.")
-    lm: LMSpec = Field(LMSpec(), description="task causal_lm: formats, packing and generations.")
     fewshot: FewshotSpec | None = Field(None, description="`tlscale fewshot SPEC`: prompting and encoder baselines.")
 
     @field_validator("task")
@@ -408,22 +434,55 @@ class JobSpec(Section):
                     return options.model_validate(value)
         return handler(value)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _task_section(cls, value: Any, handler) -> JobSpec:
+        """Validate the task's own section with its options model (errors under its key, with the other fields'
+        errors); refuse another task's section unless it only repeats that task's defaults; unknown keys as
+        pydantic words them."""
+        if not isinstance(value, dict):
+            return handler(value)
+        own_key, own_model = task_options_class(value.get("task", cls.model_fields["task"].default))
+        others = task_option_sections()
+        errors, options = [], {}
+        for key in [k for k in value if k not in cls.model_fields]:
+            section = value[key]
+            if key == own_key:
+                try:
+                    options[key] = own_model.model_validate({} if section is None else section)
+                except ValidationError as exc:
+                    errors += _error_details(exc, (key,))
+            elif key in others:
+                if not any(_is_default(model, section) for _, model in others[key]):
+                    owners = " or ".join(f"'{name}'" for name, _ in others[key])
+                    errors.append(_value_error((key,), f"the {key} section only applies to task {owners}, not "
+                                               f"'{value.get('task', 'text_classification')}'", section))
+            else:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": section})
+        try:
+            spec = handler({k: v for k, v in value.items() if k in cls.model_fields})
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(cls.__name__, _error_details(exc) + errors) from None
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        if own_key and own_key not in options:
+            options[own_key] = own_model()
+        errors = [_value_error((key, field), message, getattr(section, field, None))
+                  for key, section in options.items() for field, message in section.problems(spec).items()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        spec.__pydantic_extra__.clear()
+        spec.__pydantic_extra__.update(options)
+        return spec
+
     @property
     def world_size(self) -> int:
         return self.resources.num_workers if self.runner == "ray" else self.distributed.num_processes
 
     @model_validator(mode="after")
-    def _task_coherent(self) -> JobSpec:
-        if self.task != "extractive_qa" and self.qa != QaSpec():
-            raise ValueError(f"the qa section only applies to task 'extractive_qa', not '{self.task}'")
-        if self.task != "causal_lm" and self.lm != LMSpec():
-            raise ValueError(f"the lm section only applies to task 'causal_lm', not '{self.task}'")
+    def _fewshot_fits_task(self) -> JobSpec:
         if self.fewshot is not None:
             self._fewshot_coherent(self.fewshot)
-        if self.task == "extractive_qa":
-            if self.qa.doc_stride >= self.model.max_length // 2:
-                raise ValueError(f"qa.doc_stride must be below model.max_length / 2 ({self.model.max_length // 2}), "
-                                 f"found {self.qa.doc_stride}")
         return self
 
     def _fewshot_coherent(self, fewshot: FewshotSpec) -> None:

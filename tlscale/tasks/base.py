@@ -31,6 +31,8 @@ class Task:
     metrics: tuple[str, ...] = ("loss",)  # names in tlscale.eval.metrics.METRICS; the first is the default
     headline_metrics: tuple[str, ...] = ("loss",)  # `tlscale compare` columns
     caches_features = False  # feature_extraction may cache pooled backbone outputs
+    options = None  # a TaskOptions model: the task's own spec section, read as spec.<options_key>
+    options_key: str | None = None  # that section's key ("qa" for extractive_qa)
 
     def __init__(self, spec):
         self.spec = spec

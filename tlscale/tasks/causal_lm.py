@@ -5,12 +5,23 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+from pydantic import Field, PositiveInt
+
 from tlscale.data.batching import sequential_batches
 from tlscale.data.causal_lm import IGNORE, collate_lm, label_tokens, pack, read_lm_records, tokenize_lm
+from tlscale.spec.schema import TaskOptions
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
+
+
+class LMOptions(TaskOptions):
+    """causal_lm: packing and sampled generations."""
+
+    packing: bool = Field(False, description="Several examples per training sequence (block-diagonal attention).")
+    generations: int = Field(4, ge=0, description="Held-out prompts to sample completions for (generations.jsonl).")
+    max_new_tokens: PositiveInt = Field(32, description="Longest sampled completion in generations.jsonl.")
 
 
 @TASKS.register("causal_lm")
@@ -19,6 +30,7 @@ class CausalLM(Task):
     auto_class = "AutoModelForCausalLM"
     metrics = ("loss", "perplexity")
     headline_metrics = ("loss", "perplexity")
+    options, options_key = LMOptions, "lm"
 
     def prepare(self, tokenizer) -> TaskData:
         spec, lm = self.spec, self.spec.lm

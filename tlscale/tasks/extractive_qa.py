@@ -2,19 +2,41 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, PositiveInt
 
 from tlscale.data.batching import sequential_batches
 from tlscale.data.qa import MAX_REPORTED, drop_misaligned, read_questions, split_by_article
 from tlscale.data.qa_windows import make_windows
 from tlscale.errors import DataError
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
+from tlscale.spec.schema import TaskOptions
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows, seeded_sample
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
 
 PAD_LOGIT = -1e4
+
+
+class QaOptions(TaskOptions):
+    """extractive_qa: how contexts become windows and spans become answers."""
+
+    doc_stride: PositiveInt = Field(128, description="Tokens of overlap between consecutive windows of a context.")
+    n_best: PositiveInt = Field(20, description="Start and end candidates per window.")
+    max_answer_tokens: PositiveInt = Field(30, description="Longest answer span, in tokens.")
+    version: Literal["v1", "v2"] = Field("v1", description="v2: unanswerable questions and HasAns/NoAns scores.")
+    null_threshold: float = Field(0.0, description="v2: answer '' when the no-answer score beats the best span "
+                                  "by more than this.")
+    train_articles: PositiveInt | None = Field(
+        None, description="Without data.eval_file: the first N articles of a SQuAD JSON train, the rest evaluate.")
+
+    def problems(self, spec) -> dict[str, str]:
+        if self.doc_stride >= spec.model.max_length // 2:  # windows would advance by less than half their length
+            return {"doc_stride": f"must be below model.max_length / 2 ({spec.model.max_length // 2}), found "
+                                  f"{self.doc_stride}"}
+        return {}
 
 
 def question_split(spec) -> tuple[list, list, list[str]]:
@@ -54,6 +76,7 @@ class ExtractiveQA(Task):
     auto_class = "AutoModelForQuestionAnswering"
     metrics = ("f1", "exact_match")
     headline_metrics = ("exact_match", "f1")
+    options, options_key = QaOptions, "qa"
 
     def prepare(self, tokenizer) -> TaskData:
         spec, qa = self.spec, self.spec.qa
@@ -125,9 +148,7 @@ class ExtractiveQA(Task):
         from tlscale.eval.qa_evaluation import window_logits
         from tlscale.files import write_jsonl_atomic
         from tlscale.models.saved import load_task_model
-        from tlscale.spec.schema import QaSpec
-
-        qa = QaSpec(**trained.get("qa", {}))
+        qa = QaOptions(**trained.get("qa", {}))
         model, tokenizer = load_task_model(checkpoint, cls.auto_class)
         max_length = trained.get("model", {}).get("max_length", 384)
         questions = read_questions(Path(input_file), need_answers=False)
