@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from tlscale.errors import ConfigError, DependencyError
 from tlscale.models.packaged import package_model_path
@@ -55,28 +56,51 @@ def max_positions(config) -> int | None:
     return None
 
 
+def _local_config(path: str):
+    """A local folder's config.json as attributes, or None (a hub id, or a file AutoConfig should judge).
+    AutoConfig imports torch (seconds); `tlscale validate` only needs a few numbers."""
+    try:
+        values = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return SimpleNamespace(**values) if isinstance(values, dict) and isinstance(values.get("model_type"), str) else None
+
+
 def check_max_length(spec: ModelSpec, path: str) -> None:
     """A sequence longer than the position embeddings crashes (BERT: an index error) or degrades silently
     (rotary models) in the middle of training; every path that tokenizes passes here first."""
-    from transformers import AutoConfig
+    config = _local_config(path)
+    if config is None:
+        from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise _load_error(path, exc) from None
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise _load_error(path, exc) from None
     limit = max_positions(config)
     if limit is not None and spec.max_length > limit:
         raise ConfigError(f"model.max_length: expected at most {limit} ('{spec.name_or_path}' has {limit} position "
                           f"embeddings), found {spec.max_length}")
 
 
-def load_tokenizer(spec: ModelSpec):
-    from transformers import AutoTokenizer
+def _tokenizer_class(path: str):
+    """The class a local tokenizer_config.json names, else AutoTokenizer: importing AutoTokenizer imports torch
+    through the config classes (seconds), and checking a spec's data needs only the tokenizer."""
+    import transformers
 
+    try:
+        name = json.loads((Path(path) / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    found = getattr(transformers, name, None) if isinstance(name, str) and name.isidentifier() else None
+    return found if isinstance(found, type) and hasattr(found, "from_pretrained") else transformers.AutoTokenizer
+
+
+def load_tokenizer(spec: ModelSpec):
     path = resolve_model_path(spec.name_or_path)
     check_max_length(spec, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = _tokenizer_class(path).from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     if tokenizer.pad_token is None:  # GPT-class tokenizers: pad with EOS
