@@ -64,3 +64,33 @@ def test_verification_catches_an_empty_or_missing_tensor(tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(RunStateError, match="missing.*classifier.bias|empty.*classifier.weight"):
         verify_saved_model(tmp_path, batch, batch_loss(model, batch))
+
+
+def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
+    """Under mixed precision the in-memory loss comes from Accelerate's autocast-wrapped forward: the reloaded
+    model runs under the same autocast (an fp32 reload differed by 2.4e-4 relative on XQuAD and failed a
+    correct save); a corrupted weight still fails."""
+    import pytest
+    from accelerate import Accelerator
+    from safetensors.torch import load_file, save_file
+
+    from tlscale.errors import RunStateError
+    from tlscale.training.verify import batch_loss, verify_saved_model
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
+    with torch.no_grad():
+        model.classifier.weight.mul_(200)  # confident logits: the loss feels bf16's rounding
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(1000, 2000, (8, 24))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1] * 4)}
+    fp32 = batch_loss(model, batch)
+    in_memory = batch_loss(Accelerator(mixed_precision="bf16", cpu=True).prepare(model), batch)
+    assert abs(in_memory - fp32) > 1e-4 * max(1.0, fp32)  # what the fp32 comparison refused
+    report = verify_saved_model(tmp_path, batch, in_memory, mixed_precision="bf16")
+    assert report["reloaded_loss"] == pytest.approx(in_memory, rel=1e-3)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    tensors["classifier.weight"] = -tensors["classifier.weight"]
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RunStateError, match="reloaded loss"):
+        verify_saved_model(tmp_path, batch, in_memory, mixed_precision="bf16")

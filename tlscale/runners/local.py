@@ -120,7 +120,8 @@ def verify_launched_run(spec: JobSpec, metrics: dict, data=None) -> dict:
     tokenizer = load_tokenizer(spec.model)
     task = build_task(spec)
     batch = fixed_batch(task, (data or task.prepare(tokenizer)).eval, tokenizer.pad_token_id)
-    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"], task.auto_class)
+    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"], task.auto_class,
+                                spec.training.mixed_precision)
     if (spec.output_dir / "model-adapter").is_dir():
         report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")
     return report

@@ -373,7 +373,8 @@ def finish(s: Session) -> RunResult:
     probe = fixed_batch(s.task, s.data.eval, s.tokenizer.pad_token_id)
     probe_loss = batch_loss(s.raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
     save_model(accelerator, s.model, s.tokenizer, s.data.label_names, run.dir.spec_yaml, run.dir.model_dir)
-    verified = verify_saved_model(run.dir.model_dir, probe, probe_loss, s.task.auto_class) if s.world == 1 else None
+    verified = verify_saved_model(run.dir.model_dir, probe, probe_loss, s.task.auto_class,
+                                  s.spec.training.mixed_precision) if s.world == 1 else None
     if verified is not None and (run.path / "model-adapter").is_dir():
         verified["adapter"] = verify_adapter(run.path / "model-adapter")
     metrics = final_metrics(s, final_eval, probe_loss, verified is not None)
