@@ -163,13 +163,15 @@ def test_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp
     job_id, status = submit_and_wait(cluster, spec, hook_dir(tmp_path, "kill"))
     assert "SUCCEEDED" in status, status + run_cli("jobs", "logs", job_id, "--address", cluster["jobs"]).stdout[-4000:]
     assert (tmp_path / "killed" / ".killed-once").is_file()  # the kill did happen
-    cli_ok("train", spec_for(tmp_path, rows, "straight", distributed, cluster["address"]), "--no-progress")
+    # the uninterrupted reference: the same 2-rank DDP run on local processes (a Ray run matches one: the test above)
+    cli_ok("train", spec_for(tmp_path, rows, "straight", distributed), "--no-progress")
     killed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert killed["resumed_from_step"] == 3 and straight["resumed_from_step"] is None
     assert killed["steps"] == straight["steps"] == STEPS
-    assert killed["eval"]["loss"] == pytest.approx(straight["eval"]["loss"], abs=1e-6)
-    assert killed["fixed_batch_loss"] == pytest.approx(straight["fixed_batch_loss"], abs=1e-6)
+    assert losses(tmp_path / "killed") == pytest.approx(losses(tmp_path / "straight"), abs=1e-5)
+    assert killed["eval"]["loss"] == pytest.approx(straight["eval"]["loss"], abs=1e-5)
+    assert killed["fixed_batch_loss"] == pytest.approx(straight["fixed_batch_loss"], abs=1e-5)
     logs = cli_ok("jobs", "logs", job_id, "--address", cluster["jobs"]).stdout
     assert "eval accuracy" in logs
 

@@ -29,8 +29,8 @@ def test_linear_probe_five_seeds(tmp_path):
     assert metrics["eval"]["accuracy_std"] < 0.06
 
 
-def test_setfit_fine_tune_three_seeds(tmp_path):
-    metrics = fewshot(tmp_path, "setfit", "fewshot.seeds=[0,1,2]")
+def test_setfit_fine_tune_two_seeds(tmp_path):
+    metrics = fewshot(tmp_path, "setfit", "fewshot.seeds=[0,1]")
     accuracies = [s["accuracy"] for s in metrics["seeds"].values()]
     print(f"setfit: {metrics['eval']['accuracy']:.4f} ± {metrics['eval']['accuracy_std']:.4f} {accuracies}")
     assert metrics["eval"]["accuracy"] >= 0.69 and min(accuracies) >= 0.66

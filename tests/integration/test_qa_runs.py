@@ -9,6 +9,7 @@ import re
 import pytest
 
 from tests.conftest import DATA, ROOT, run_cli, write_spec
+from tests.unit.cli_checks import expect_error
 from tlscale.data.qa import read_questions, split_by_article
 from tlscale.eval.squad import squad_scores
 
@@ -65,9 +66,7 @@ def test_tiny_qa_run_trains_scores_and_saves(tmp_path):
     ({"qa": {"train_articles": 48}}, "train_articles: expected 1..47"),
 ])
 def test_qa_spec_mistakes_exit_2(tmp_path, override, message):
-    path = write_spec(tmp_path / "qa.yaml", qa_spec(tmp_path / "run", **override))
-    result = run_cli("validate", str(path))
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    expect_error(["validate", write_spec(tmp_path / "qa.yaml", qa_spec(tmp_path / "run", **override))], message)
 
 
 def test_classification_spec_refuses_a_qa_section(tmp_path):
@@ -75,8 +74,8 @@ def test_classification_spec_refuses_a_qa_section(tmp_path):
 
     raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv")
     raw["qa"] = {"doc_stride": 16}
-    result = run_cli("validate", str(write_spec(tmp_path / "c.yaml", raw)), "--no-check-data")
-    assert result.returncode == 2 and "qa section only applies to task 'extractive_qa'" in result.stderr
+    expect_error(["validate", write_spec(tmp_path / "c.yaml", raw), "--no-check-data"],
+                 "qa section only applies to task 'extractive_qa'")
 
 
 def first_sentence(context: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, write_spec
+from tests.unit.cli_checks import expect_error
 from tlscale.errors import DataError
 from tlscale.fewshot.calibration import calibrate, content_free_distribution
 from tlscale.fewshot.prompts import Template
@@ -201,9 +202,7 @@ def test_fewshot_command_writes_per_seed_and_summary_figures(tmp_path):
 def test_fewshot_spec_mistakes_exit_2(tmp_path, override, message):
     raw = fewshot_spec(tmp_path, **{k: v for k, v in override.items() if k != "model"})
     raw["model"].update(override.get("model", {}))
-    spec = write_spec(tmp_path / "fs.yaml", raw)
-    result = run_cli("fewshot", str(spec))
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    expect_error(["fewshot", write_spec(tmp_path / "fs.yaml", raw)], message)
 
 
 def test_qa_prompting_generates_answers_scored_by_squad(tmp_path):
