@@ -108,7 +108,24 @@ def test_every_runner_compiles_deepspeed_ops_into_one_folder(monkeypatch):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/elsewhere")
     assert extensions_dir() == "/elsewhere"
     source = (Path(__file__).resolve().parents[2] / "tlscale" / "runners" / "ray_runner.py").read_text()
-    assert 'os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()' in source
+    assert "os.environ.update(op_build_env())" in source
+
+
+def test_every_runner_builds_ops_with_the_environments_ninja(monkeypatch):
+    """Two ninja versions on PATH (the system's, pip's) took each other's builds for stale: Ray and local
+    runs recompiled DeepSpeed's ops on every switch. Workers get this environment's ninja first."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from tlscale.runners.launch import op_build_env
+
+    own_bin = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", own_bin, "/bin"]))
+    assert (Path(own_bin) / "ninja").is_file()  # pip's ninja, a DeepSpeed dependency
+    assert op_build_env()["PATH"] == os.pathsep.join([own_bin, "/usr/bin", "/bin"])
+    monkeypatch.setenv("PATH", os.pathsep.join([own_bin, "/usr/bin"]))
+    assert "PATH" not in op_build_env()  # already first: left alone
 
 
 def test_a_stale_deepspeed_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):

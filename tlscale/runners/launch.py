@@ -34,6 +34,20 @@ def extensions_dir() -> str:
     return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "tlscale" / "torch_extensions")
 
 
+def op_build_env() -> dict[str, str]:
+    """What a process that may compile DeepSpeed ops needs in its environment: the shared extensions folder,
+    and the ninja of this Python environment first on PATH. torch runs whichever `ninja` PATH finds, and
+    two ninja versions (pip's 1.13 in the environment, the system's 1.11) hash commands differently: each
+    took the other's build for stale, so every switch between Ray workers (PATH with the environment's bin)
+    and local workers (without) recompiled the ops, 35-50 s each time."""
+    env = {"TORCH_EXTENSIONS_DIR": extensions_dir()}
+    own_bin = Path(sys.executable).parent
+    path = os.environ.get("PATH", "")
+    if (own_bin / "ninja").is_file() and path.split(os.pathsep)[0] != str(own_bin):
+        env["PATH"] = os.pathsep.join([str(own_bin), *(p for p in path.split(os.pathsep) if p != str(own_bin))])
+    return env
+
+
 STALE_BUILD_LOCK_S = 900  # a compile of DeepSpeed's CPU ops takes 1-3 minutes here
 
 
@@ -72,7 +86,7 @@ def launch_local(spec: JobSpec, nproc: int, resume: bool, stop_after_steps: int 
             command.append("--no-progress")
         threads = max(1, (os.cpu_count() or 1) // nproc)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": extensions_dir(),
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **op_build_env(),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
                "LOCAL_WORLD_SIZE": str(nproc), PARENT_VARIABLE: str(os.getpid())}
         return _supervise(command, env, nproc, () if lock_fd is None else (lock_fd,), stop or StopRequest())

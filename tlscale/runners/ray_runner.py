@@ -124,9 +124,9 @@ def worker_loop(config: dict) -> None:
     import yaml
 
     from tlscale.logs import run_log, setup_entry_point
-    from tlscale.runners.launch import clear_stale_build_locks, extensions_dir
+    from tlscale.runners.launch import clear_stale_build_locks, extensions_dir, op_build_env
 
-    os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()  # the same compiled DeepSpeed ops as local launches
+    os.environ.update(op_build_env())  # the same compiled DeepSpeed ops as local launches, built by the same ninja
     clear_stale_build_locks(extensions_dir())
     os.environ["RANK"] = str(ray.train.get_context().get_world_rank())  # Ray sets it later; the log filter needs it
     setup_entry_point()
