@@ -1,0 +1,95 @@
+"""A real tlscale server on loopback (uvicorn in a thread) over a fresh data dir, and clients for its teams."""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    store: object
+    dispatcher: object | None
+    _server: object
+    _thread: threading.Thread
+
+    def team(self, name: str, **quotas) -> httpx.Client:
+        """A client holding a new team's token."""
+        from tlscale.service.teams import create_team, set_quotas
+
+        _, token = create_team(self.store, name)
+        if quotas:
+            set_quotas(self.store, name, **quotas)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self.store.close()
+
+
+def start_server(data_dir: Path, dispatch: bool = True, **options) -> Server:
+    import uvicorn
+
+    from tlscale.service.server import build_app
+
+    app, store = build_app(data_dir, poll_s=0.2, **options)
+    if not dispatch:
+        app.router.lifespan_context = _no_lifespan
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    return Server(f"http://127.0.0.1:{port}", data_dir, store, None, server, thread)
+
+
+@contextlib.asynccontextmanager
+async def _no_lifespan(_app):
+    """A server that takes requests but runs nothing (creation, listing and tenancy tests)."""
+    yield
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """A server that only records jobs (no dispatcher): fast, for the API's own behaviour."""
+    server = start_server(tmp_path_factory.mktemp("service"), dispatch=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def running_api(tmp_path):
+    """A server whose dispatcher validates and runs jobs with the local runner."""
+    server = start_server(tmp_path / "service", dispatch=True, capacity=1)
+    yield server
+    server.stop()
+
+
+def wait_for_state(client: httpx.Client, job_id: str, states: tuple[str, ...], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in states:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s: {job}")

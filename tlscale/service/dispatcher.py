@@ -1,0 +1,280 @@
+"""Moves jobs along: validating_files -> queued -> running -> succeeded | failed | cancelled.
+
+A loop in the server process (one per replica). Each tick it checks the data of newly created jobs (the
+same `tlscale validate` a user runs: a failure is the user's, with its file:line messages), starts queued
+jobs while there is room (server capacity and each team's max_running; the team with the fewest running
+jobs goes first, then priority, then age), follows the running ones (events from the run folder, the exit
+code an attempt leaves behind) and stops cancelled ones. A start is a compare-and-set on the job's row
+(queued -> running), so two replicas never start the same job. Infrastructure failures (a killed worker,
+anything but exit 0 or 2) are retried, resuming from the run's checkpoints, up to max_attempts; a user
+error (exit 2) never is. A restarted server re-attaches to the attempts still running on its host.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+from sqlalchemy import func, select, update
+
+from tlscale.logs import log
+from tlscale.service.events import add_event
+from tlscale.service.jobs import Settings, job_dir
+from tlscale.service.store import Job, Store, Team, now
+
+HOST = socket.gethostname()
+USER_ERROR = 2  # the CLI's exit code for bad input
+TAIL_LINES = 20
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of pid (with the pid, it names one process for good), None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class Dispatcher:
+    def __init__(self, store: Store, settings: Settings, capacity: int = 1, poll_s: float = 0.5):
+        self.store, self.settings, self.capacity, self.poll_s = store, settings, capacity, poll_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._children: dict[str, subprocess.Popen] = {}  # attempts this process started (reaped here)
+        self._signalled: set[str] = set()
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tlscale-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001  (the loop must outlive one bad tick; the next one retries)
+                log.exception("dispatcher tick failed")
+            self._stop.wait(self.poll_s)
+
+    def tick(self) -> None:
+        self._validate_new()
+        self._follow_running()
+        self._start_queued()
+
+    # --- validating_files -> queued | failed ---------------------------------------------------------
+
+    def _validate_new(self) -> None:
+        with self.store.session() as session:
+            waiting = session.scalars(select(Job).where(Job.state == "validating_files")
+                                      .order_by(Job.created_seq).limit(4)).all()
+        for job in waiting:
+            folder = job_dir(self.settings, job.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "spec.yaml").write_text(yaml.safe_dump(job.spec, sort_keys=False))
+            checked = subprocess.run([sys.executable, "-m", "tlscale", "validate", str(folder / "spec.yaml")],
+                                     capture_output=True, text=True, cwd=folder, timeout=600)
+            if checked.returncode == 0:
+                self._transition(job.id, "validating_files", "queued", "queued: the data checks passed")
+            else:
+                reason = self._user_words(job, checked.stderr or checked.stdout)
+                kind = "user_error" if checked.returncode == USER_ERROR else "infrastructure"
+                self._end(job.id, "failed", f"validation failed: {reason}", kind, from_states=("validating_files",))
+
+    def _user_words(self, job: Job, text: str) -> str:
+        """The CLI's error lines, with the server's paths put back as the client named them."""
+        lines = [line.removeprefix("error: ") for line in text.splitlines() if line.strip()]
+        lines = [line for line in lines if not line.startswith(("Traceback", "  "))][-TAIL_LINES:]
+        message = "\n".join(lines) or "no message"
+        message = message.replace(str(job_dir(self.settings, job.id) / "spec.yaml"), "spec")
+        message = message.replace(str(job_dir(self.settings, job.id) / "run"), "output_dir")
+        with self.store.session() as session:
+            from tlscale.service.store import StoredFile
+
+            for file_id in job.files:
+                stored = session.get(StoredFile, file_id)
+                if stored is not None:
+                    path = self.settings.files_dir / stored.sha256[:2] / f"{stored.sha256}.{stored.format}"
+                    message = message.replace(str(path), f"{file_id} ({stored.filename})")
+        return message.replace(str(self.settings.data_dir), "<server>")
+
+    # --- queued -> running -----------------------------------------------------------------------------
+
+    def _start_queued(self) -> None:
+        while True:
+            with self.store.session() as session:
+                running = session.scalar(select(func.count()).select_from(Job).where(Job.state == "running"))
+                if running >= self.capacity:
+                    return
+                job = self._next_job(session)
+            if job is None:
+                return
+            self._launch(job)
+
+    def _next_job(self, session) -> Job | None:
+        """Fair share: the team with the fewest running jobs first, then priority, then age."""
+        running = dict(session.execute(select(Job.team_id, func.count()).where(Job.state == "running")
+                                       .group_by(Job.team_id)).all())
+        limits = dict(session.execute(select(Team.id, Team.max_running)).all())
+        queued = session.scalars(select(Job).where(Job.state == "queued")
+                                 .order_by(Job.priority.desc(), Job.created_seq)).all()
+        candidates = [job for job in queued if running.get(job.team_id, 0) < limits.get(job.team_id, 0)]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda j: (running.get(j.team_id, 0), -j.priority, j.created_seq))
+
+    def _launch(self, job: Job) -> None:
+        folder = job_dir(self.settings, job.id)
+        number = job.attempt + 1
+        resume = (folder / "run" / "checkpoints").is_dir() or (folder / "run" / "metrics.json").is_file()
+        with self.store.session() as session:  # the claim: only one replica's UPDATE finds it queued
+            claimed = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued").values(
+                state="running", attempt=number, worker=f"{HOST}:pending:{now():.0f}",
+                started_at=func.coalesce(Job.started_at, now()))).rowcount
+            session.commit()
+        if claimed != 1:
+            return
+        child = subprocess.Popen([sys.executable, "-m", "tlscale.service.attempt", str(folder), str(number)]
+                                 + (["--resume"] if resume else []), cwd=folder, start_new_session=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._children[job.id] = child
+        with self.store.session() as session:
+            row = session.get(Job, job.id)
+            row.worker = f"{HOST}:{child.pid}:{_process_start(child.pid)}"
+            add_event(session, job.id, "state", f"running: attempt {number}" + (", resuming" if resume else ""),
+                      {"state": "running", "attempt": number})
+            session.commit()
+
+    # --- running -> ended ------------------------------------------------------------------------------
+
+    def _follow_running(self) -> None:
+        with self.store.session() as session:
+            running = session.scalars(select(Job).where(Job.state == "running")).all()
+        for job in running:
+            if not (job.worker or "").startswith(f"{HOST}:"):
+                continue  # another host's attempt: its own dispatcher follows it
+            self._collect_events(job)
+            code = self._exit_code(job)
+            if code is None:
+                if job.cancel_requested and job.id not in self._signalled:
+                    self._signal(job)
+                continue
+            self._children.pop(job.id, None)
+            self._conclude(job, code)
+
+    def _exit_code(self, job: Job) -> int | None:
+        """The attempt's exit code; -1 for an attempt that vanished without one (its host process killed)."""
+        child = self._children.get(job.id)
+        if child is not None:
+            child.poll()  # reap it
+        done = job_dir(self.settings, job.id) / f"attempt-{job.attempt}.exit"
+        if done.is_file():
+            return int(done.read_text())
+        parts = (job.worker or "").split(":")
+        if len(parts) == 3 and parts[1].isdigit():
+            if _process_start(int(parts[1])) == parts[2]:
+                return None  # still running (started by us, or by the server we restarted from)
+            return -1
+        if len(parts) == 3 and parts[1] == "pending":  # claimed; the start never happened if this stays long
+            return None if now() - float(parts[2]) < 60 else -1
+        return -1
+
+    def _signal(self, job: Job) -> None:
+        pid = int(job.worker.split(":")[1])
+        try:
+            os.kill(pid, signal.SIGTERM)  # the attempt passes it on: tlscale checkpoints and stops
+        except ProcessLookupError:
+            pass
+        self._signalled.add(job.id)
+
+    def _conclude(self, job: Job, code: int) -> None:
+        run = job_dir(self.settings, job.id) / "run"
+        if job.cancel_requested:
+            self._end(job.id, "cancelled", "cancelled while running (the run stopped at a checkpoint)")
+        elif code == 0 and (run / "metrics.json").is_file():
+            self._end(job.id, "succeeded", "succeeded")
+        elif code == USER_ERROR:
+            self._end(job.id, "failed", self._user_words(job, self._log_tail(job)), "user_error")
+        elif job.attempt < self.settings.max_attempts:
+            with self.store.session() as session:
+                changed = session.execute(update(Job).where(Job.id == job.id, Job.state == "running").values(
+                    state="queued", worker=None)).rowcount
+                if changed:
+                    add_event(session, job.id, "restart", f"attempt {job.attempt} ended (exit {code}): an "
+                              "infrastructure failure; queued again, it resumes from its checkpoints",
+                              {"exit_code": code, "attempt": job.attempt})
+                session.commit()
+        else:
+            self._end(job.id, "failed", f"attempt {job.attempt} of {self.settings.max_attempts} ended with exit code "
+                      f"{code}: {self._log_tail(job)[-2000:]}", "infrastructure")
+
+    def _log_tail(self, job: Job) -> str:
+        path = job_dir(self.settings, job.id) / f"attempt-{job.attempt}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-TAIL_LINES:])
+        except OSError:
+            return ""
+
+    def _collect_events(self, job: Job) -> None:
+        """New rows of the run's metrics.jsonl become evaluation and checkpoint events (read from where the
+        last tick stopped, kept beside the run so a restarted server does not repeat them)."""
+        folder = job_dir(self.settings, job.id)
+        rows_file, mark_file = folder / "run" / "metrics.jsonl", folder / "events.offset"
+        try:
+            offset = int(mark_file.read_text()) if mark_file.is_file() else 0
+            with open(rows_file, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+        except OSError:
+            return
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        if not complete:
+            return
+        with self.store.session() as session:
+            for line in complete.decode(errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                scores = {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+                if scores:
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
+                    add_event(session, job.id, "evaluation", f"step {row.get('step')}: {shown}", row)
+                elif "checkpoint" in row:
+                    add_event(session, job.id, "checkpoint", f"checkpoint at step {row.get('step')}", row)
+                elif "train/loss" in row:
+                    add_event(session, job.id, "log", f"step {row.get('step')}: loss {row['train/loss']:.4f}", row)
+            session.commit()
+        mark_file.write_text(str(offset + len(complete)))
+
+    # --- state changes ---------------------------------------------------------------------------------
+
+    def _transition(self, job_id: str, old: str, new: str, message: str) -> bool:
+        with self.store.session() as session:
+            changed = session.execute(update(Job).where(Job.id == job_id, Job.state == old).values(state=new)).rowcount
+            if changed:
+                add_event(session, job_id, "state", message, {"state": new})
+            session.commit()
+        return bool(changed)
+
+    def _end(self, job_id: str, state: str, message: str, kind: str | None = None,
+             from_states: tuple[str, ...] = ("running",)) -> None:
+        with self.store.session() as session:
+            changed = session.execute(update(Job).where(Job.id == job_id, Job.state.in_(from_states)).values(
+                state=state, finished_at=now(), error=message if state == "failed" else None,
+                error_kind=kind)).rowcount
+            if changed:
+                add_event(session, job_id, "state", f"{state}: {message}" if state != "succeeded" else state,
+                          {"state": state, "error_kind": kind})
+            session.commit()
