@@ -326,3 +326,74 @@ def test_the_store_schema_is_the_migrations(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
     with store.engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+def _attempt_children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _wait_running_with_rows(client, job_id: str, data_dir, timeout: float = 180) -> dict:
+    from tlscale.service.jobs import Settings, job_dir
+
+    deadline = time.monotonic() + timeout
+    rows = job_dir(Settings(data_dir=data_dir), job_id) / "run" / "metrics.jsonl"
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job["status"] == "running" and rows.is_file() and rows.read_text().count("train/loss") >= 2:
+            return job
+        assert job["status"] in ("validating_files", "queued", "running"), job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never trained: {job}")
+
+
+def _long_job(client, **training) -> str:
+    files = [upload(client, name, sst2_tsv(first, count)).json()["id"]
+             for name, first, count in (("train.tsv", 0, 160), ("dev.tsv", 1000, 64))]
+    spec = tiny_job_spec(*files, **{"epochs": 8, "log_every_steps": 2, "save_every_steps": 10, **training})
+    response = client.post("/v1/fine_tuning/jobs", json={"spec": spec})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_a_killed_training_process_is_an_infrastructure_failure_retried_from_its_checkpoint(running_api):
+    import os
+    import signal
+
+    from sqlalchemy import select
+
+    from tlscale.service.store import Job
+
+    client = running_api.team("flaky")
+    job_id = _long_job(client)
+    _wait_running_with_rows(client, job_id, running_api.data_dir)
+    deadline = time.monotonic() + 120  # until the first checkpoint exists, so the retry resumes from it
+    while not list((running_api.data_dir / "jobs" / job_id / "run" / "checkpoints").glob("step-*")):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with running_api.store.session() as session:
+        attempt_pid = int(session.scalar(select(Job).where(Job.id == job_id)).worker.split(":")[1])
+    for pid in _attempt_children(attempt_pid):
+        os.kill(pid, signal.SIGKILL)  # the node's OOM killer, say
+    done = wait_for_state(client, job_id, ("succeeded", "failed", "cancelled"))
+    assert done["status"] == "succeeded" and done["attempt"] == 2, done
+    events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+    restarts = [e for e in events if e["type"] == "restart"]
+    assert len(restarts) == 1 and restarts[0]["data"]["exit_code"] == -signal.SIGKILL
+    assert any(e["message"].startswith("running: attempt 2, resuming") for e in events)
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["final"]
+    assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] >= 10
+
+
+def test_a_running_job_cancelled_stops_at_a_checkpoint(running_api):
+    client = running_api.team("impatient")
+    job_id = _long_job(client, epochs=30)
+    _wait_running_with_rows(client, job_id, running_api.data_dir)
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    done = wait_for_state(client, job_id, ("succeeded", "failed", "cancelled"), timeout=120)
+    assert done["status"] == "cancelled" and done["error"] is None, done
+    assert list((running_api.data_dir / "jobs" / job_id / "run" / "checkpoints").glob("step-*"))
