@@ -397,3 +397,38 @@ def test_a_running_job_cancelled_stops_at_a_checkpoint(running_api):
     done = wait_for_state(client, job_id, ("succeeded", "failed", "cancelled"), timeout=120)
     assert done["status"] == "cancelled" and done["error"] is None, done
     assert list((running_api.data_dir / "jobs" / job_id / "run" / "checkpoints").glob("step-*"))
+
+
+def test_submit_and_jobs_commands_against_the_server(api, tmp_path, monkeypatch):
+    """`tlscale submit SPEC --server` uploads the spec's local files once (by content hash) and creates the
+    job; `tlscale jobs list|status|cancel --server` read and change it; the token comes from TLSCALE_TOKEN."""
+    from tests.conftest import write_spec
+    from tests.unit.cli_checks import invoke
+    from tlscale.service.teams import create_team
+
+    _, token = create_team(api.store, "cli-users")
+    monkeypatch.setenv("TLSCALE_TOKEN", token)
+    (tmp_path / "train.tsv").write_bytes(sst2_tsv(0, 80))
+    (tmp_path / "dev.tsv").write_bytes(sst2_tsv(1000, 32))
+    raw = tiny_job_spec(str(tmp_path / "train.tsv"), str(tmp_path / "dev.tsv"))
+    spec = write_spec(tmp_path / "spec.yaml", {**raw, "output_dir": str(tmp_path / "local-run")})
+    code, output = invoke("submit", spec, "--server", api.url)
+    assert code == 0, output
+    first = output.split()[1]
+    code, output = invoke("submit", spec, "training.epochs=2", "--server", api.url)
+    assert code == 0, output
+    second = output.split()[1]
+    client = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"})
+    assert len(client.get("/v1/files").json()["data"]) == 2  # uploaded once, reused by the second submit
+    assert client.get(f"/v1/fine_tuning/jobs/{second}").json()["status"] == "validating_files"
+    code, output = invoke("jobs", "list", "--server", api.url)
+    assert code == 0 and first in output and second in output, output
+    code, output = invoke("jobs", "cancel", first, "--server", api.url)
+    assert code == 0 and f"{first}: cancelled" in output, output
+    code, output = invoke("jobs", "status", first, "--server", api.url)
+    assert code == 0 and "cancelled" in output, output
+    code, output = invoke("submit", spec, "training.epochs=0", "--server", api.url)  # refused locally, exit 2
+    assert code == 2 and "training.epochs" in output
+    monkeypatch.setenv("TLSCALE_TOKEN", "tls_wrong")
+    code, output = invoke("jobs", "list", "--server", api.url)
+    assert code == 2 and "server (401)" in output, output

@@ -283,6 +283,9 @@ def export(adapter: Annotated[Path, typer.Argument(help="A LoRA/QLoRA adapter fo
 AddressOption = Annotated[Optional[str], typer.Option(
     "--address", help="Ray job server, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
     "http://127.0.0.1:8265).")]
+ServerOption = Annotated[Optional[str], typer.Option(
+    "--server", envvar="TLSCALE_SERVER", help="A tlscale job API (`tlscale serve`), e.g. http://HOST:8000, instead "
+    "of a Ray cluster; the token comes from $TLSCALE_TOKEN or ~/.config/tlscale/token.")]
 
 
 @app.command()
@@ -290,8 +293,14 @@ AddressOption = Annotated[Optional[str], typer.Option(
 def submit(spec: SpecArg, overrides: Overrides = None, address: AddressOption = None,
            working_dir: Annotated[Optional[Path], typer.Option(help="Upload this folder as the job's working "
                                                                     "directory.")] = None,
-           wait: Annotated[bool, typer.Option(help="Wait for the job to end; exit 1 if it failed.")] = False):
-    """Submit SPEC as a Ray job (runner: ray) to a cluster's job server."""
+           wait: Annotated[bool, typer.Option(help="Wait for the job to end; exit 1 if it failed.")] = False,
+           server: ServerOption = None):
+    """Submit SPEC as a Ray job (runner: ray) to a cluster's job server, or with --server to a tlscale job API
+    (the data files the spec names are uploaded once, by content hash)."""
+    if server:
+        from tlscale.cli import remote
+
+        return remote.submit(spec, overrides, server, wait)
     from tlscale.runners import ray_jobs
 
     job = _load(spec, overrides)
@@ -306,7 +315,8 @@ def submit(spec: SpecArg, overrides: Overrides = None, address: AddressOption = 
             raise typer.Exit(1)
 
 
-jobs = typer.Typer(help="List, inspect, follow and stop Ray jobs.", no_args_is_help=True)
+jobs = typer.Typer(help="List, inspect, follow and stop Ray jobs (or, with --server, a job API's).",
+                   no_args_is_help=True)
 app.add_typer(jobs, name="jobs")
 JobArg = Annotated[str, typer.Argument(help="Submission id (from `tlscale submit` or `tlscale jobs list`).",
                                        show_default=False)]
@@ -314,8 +324,12 @@ JobArg = Annotated[str, typer.Argument(help="Submission id (from `tlscale submit
 
 @jobs.command("list")
 @user_errors
-def jobs_list(address: AddressOption = None):
+def jobs_list(address: AddressOption = None, server: ServerOption = None):
     """Jobs on the cluster, newest first."""
+    if server:
+        from tlscale.cli import remote
+
+        return remote.jobs_list(server)
     from rich.table import Table
 
     from tlscale.runners import ray_jobs
@@ -330,8 +344,12 @@ def jobs_list(address: AddressOption = None):
 
 @jobs.command("status")
 @user_errors
-def jobs_status(job_id: JobArg, address: AddressOption = None):
+def jobs_status(job_id: JobArg, address: AddressOption = None, server: ServerOption = None):
     """Status of a job; for a failed one, its error and the end of its log."""
+    if server:
+        from tlscale.cli import remote
+
+        return remote.jobs_status(job_id, server)
     from tlscale.runners import ray_jobs
 
     client = ray_jobs.job_client(address)
@@ -346,8 +364,13 @@ def jobs_status(job_id: JobArg, address: AddressOption = None):
 @jobs.command("logs")
 @user_errors
 def jobs_logs(job_id: JobArg, address: AddressOption = None,
-              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False):
-    """A job's driver log (what its entrypoint printed)."""
+              follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+              server: ServerOption = None):
+    """A job's driver log (what its entrypoint printed); with --server, its events."""
+    if server:
+        from tlscale.cli import remote
+
+        return remote.jobs_logs(job_id, server, follow)
     from tlscale.runners import ray_jobs
 
     client = ray_jobs.job_client(address)
@@ -358,10 +381,20 @@ def jobs_logs(job_id: JobArg, address: AddressOption = None,
         sys.stdout.write(client.get_job_logs(job_id))
 
 
+@jobs.command("cancel")
+def jobs_cancel(job_id: JobArg, address: AddressOption = None, server: ServerOption = None):
+    """Cancel a job (the same as stop)."""
+    jobs_stop(job_id, address, server)
+
+
 @jobs.command("stop")
 @user_errors
-def jobs_stop(job_id: JobArg, address: AddressOption = None):
-    """Ask a job to stop (its workers get SIGTERM, then are killed)."""
+def jobs_stop(job_id: JobArg, address: AddressOption = None, server: ServerOption = None):
+    """Ask a job to stop (its workers get SIGTERM, then are killed); with --server, cancel it."""
+    if server:
+        from tlscale.cli import remote
+
+        return remote.jobs_cancel(job_id, server)
     from tlscale.runners import ray_jobs
 
     client = ray_jobs.job_client(address)

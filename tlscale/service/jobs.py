@@ -193,13 +193,15 @@ def list_jobs(store: Store, team: Team, after: str | None, limit: int,
 
 
 def queue_position(store: Store, job: Job) -> tuple[int | None, int]:
-    """(1-based place among its team's waiting jobs in dispatch order, or None once started; all waiting)."""
+    """(1-based place among its team's waiting jobs in dispatch order, or None once started; the jobs of
+    every team waiting to start)."""
+    waiting = ("validating_files", "queued")
     with store.session() as session:
-        depth = session.scalar(select(func.count()).select_from(Job).where(Job.state == "queued"))
-        if job.state not in ("queued", "validating_files"):
+        depth = session.scalar(select(func.count()).select_from(Job).where(Job.state.in_(waiting)))
+        if job.state not in waiting:
             return None, depth
         ahead = session.scalar(select(func.count()).select_from(Job).where(
-            Job.team_id == job.team_id, Job.state == "queued", Job.id != job.id,
+            Job.team_id == job.team_id, Job.state.in_(waiting), Job.id != job.id,
             (Job.priority > job.priority) | ((Job.priority == job.priority) & (Job.created_seq < job.created_seq))))
     return ahead + 1, depth
 
