@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -69,10 +70,51 @@ async def _no_lifespan(_app):
     yield
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    """A server that only records jobs (no dispatcher): fast, for the API's own behaviour."""
-    server = start_server(tmp_path_factory.mktemp("service"), dispatch=False)
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A throwaway PostgreSQL 15 cluster on loopback (initdb as the postgres user, trust auth), stopped after
+    the session; skipped where the server binaries are missing."""
+    import shutil
+    import subprocess
+
+    if not (PG_BIN / "initdb").is_file() or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 server binaries not installed")
+    root = Path(tempfile.mkdtemp(prefix="tlscale-pg-"))
+    shutil.chown(root, "postgres")
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(root / "data"), "--auth=trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"),
+                    "-o", f"-p {port} -k {root} -h 127.0.0.1 -c max_connections=200", "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # no pipes: the
+    # server would hold them open and run() would wait for it to exit
+    try:
+        subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "tlscale"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tlscale"
+    finally:
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w",
+                        "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request, tmp_path_factory):
+    """A server that only records jobs (no dispatcher): fast, for the API's own behaviour; on SQLite and on
+    PostgreSQL (the same tests pass on both stores)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    if url is not None:  # a fresh database per module
+        import sqlalchemy
+
+        name = f"m{tmp_path_factory.getbasetemp().name[-6:].replace('-', '')}{id(request) % 100000}"
+        with sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT").connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        url = url.rsplit("/", 1)[0] + f"/{name}"
+    server = start_server(tmp_path_factory.mktemp("service"), dispatch=False, url=url)
     yield server
     server.stop()
 

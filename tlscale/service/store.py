@@ -98,8 +98,8 @@ class JobEvent(Base):
 
 
 def database_url(data_dir: Path | None, url: str | None) -> str:
-    if url:
-        return url
+    if url:  # postgresql://... means psycopg 3 here (the service extra installs it), not psycopg2
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith("postgresql://") else url
     if data_dir is None:
         raise ValueError("a store needs --data-dir or --database-url")
     return f"sqlite:///{Path(data_dir).resolve() / 'tlscale.db'}"
