@@ -384,14 +384,12 @@ def task_option_sections() -> dict[str, list[tuple[str, type[TaskOptions]]]]:
 
 def _error_details(exc: ValidationError, prefix: tuple = ()) -> list:
     """A ValidationError's errors, their locations under prefix, ready to be raised again with others."""
-    return [{"type": PydanticCustomError(err["type"], err["msg"].removeprefix("Value error, ").replace("{", "{{")
-                                         .replace("}", "}}")),
+    return [{"type": PydanticCustomError(err["type"], err["msg"].removeprefix("Value error, ")),
              "loc": prefix + tuple(err["loc"]), "input": err.get("input")} for err in exc.errors()]
 
 
 def _value_error(loc: tuple, message: str, value: Any) -> dict:
-    return {"type": PydanticCustomError("value_error", message.replace("{", "{{").replace("}", "}}")), "loc": loc,
-            "input": value}
+    return {"type": PydanticCustomError("value_error", message), "loc": loc, "input": value}  # no context: braces stay
 
 
 class JobSpec(Section):
