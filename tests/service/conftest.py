@@ -73,26 +73,24 @@ async def _no_lifespan(_app):
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
-    """A throwaway PostgreSQL 15 cluster on loopback (initdb as the postgres user, trust auth), stopped after
-    the session; skipped where the server binaries are missing."""
+@contextlib.contextmanager
+def throwaway_postgres():
+    """The URL of a throwaway PostgreSQL 15 cluster on loopback (initdb as the postgres user, trust auth),
+    stopped and removed afterwards."""
     import shutil
     import subprocess
 
-    if not (PG_BIN / "initdb").is_file() or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL 15 server binaries not installed")
     root = Path(tempfile.mkdtemp(prefix="tlscale-pg-"))
     shutil.chown(root, "postgres")
     port = free_port()
     as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(root / "data"), "--auth=trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"),
-                    "-o", f"-p {port} -k {root} -h 127.0.0.1 -c max_connections=200", "-w", "start"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # no pipes: the
-    # server would hold them open and run() would wait for it to exit
     try:
+        subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(root / "data"), "--auth=trust", "-U",
+                        "postgres"], check=True, capture_output=True)
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"),
+                        "-o", f"-p {port} -k {root} -h 127.0.0.1 -c max_connections=200", "-w", "start"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)  # no pipes:
+        # the server would hold them open and run() would wait for it to exit
         subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "tlscale"],
                        check=True, capture_output=True)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/tlscale"
@@ -100,6 +98,17 @@ def postgres_url(tmp_path_factory):
         subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "-w",
                         "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL for the session; skipped where the server binaries are missing."""
+    import shutil
+
+    if not (PG_BIN / "initdb").is_file() or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL 15 server binaries not installed")
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

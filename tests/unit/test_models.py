@@ -74,6 +74,7 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
     from accelerate import Accelerator
     from safetensors.torch import load_file, save_file
 
+    from tlscale.distributed.accelerate_setup import fresh_accelerator_state
     from tlscale.errors import RunStateError
     from tlscale.training.verify import batch_loss, verify_saved_model
 
@@ -85,7 +86,9 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
     ids = torch.randint(1000, 2000, (8, 24))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1] * 4)}
     fp32 = batch_loss(model, batch)
+    fresh_accelerator_state()  # another test of this process may have made one with other settings
     in_memory = batch_loss(Accelerator(mixed_precision="bf16", cpu=True).prepare(model), batch)
+    fresh_accelerator_state()
     assert abs(in_memory - fp32) > 1e-4 * max(1.0, fp32)  # what the fp32 comparison refused
     report = verify_saved_model(tmp_path, batch, in_memory, mixed_precision="bf16")
     assert report["reloaded_loss"] == pytest.approx(in_memory, rel=1e-3)

@@ -113,8 +113,9 @@ class Dispatcher:
 
     def _start_queued(self) -> None:
         while True:
-            with self.store.session() as session:
-                running = session.scalar(select(func.count()).select_from(Job).where(Job.state == "running"))
+            with self.store.session() as session:  # capacity is this host's: other hosts run their own
+                running = session.scalar(select(func.count()).select_from(Job).where(
+                    Job.state == "running", Job.worker.startswith(f"{HOST}:")))
                 if running >= self.capacity:
                     return
                 job = self._next_job(session)

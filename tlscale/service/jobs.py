@@ -208,6 +208,16 @@ def queue_position(store: Store, job: Job) -> tuple[int | None, int]:
 
 def cancel_job(store: Store, team: Team, job_id: str) -> Job:
     """A waiting job is cancelled at once and never starts; a running one is stopped by the dispatcher."""
+    for attempt in range(3):
+        try:
+            return _cancel(store, team, job_id)
+        except IntegrityError:  # the dispatcher numbered an event of this job at the same moment: again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _cancel(store: Store, team: Team, job_id: str) -> Job:
     from tlscale.service.events import add_event
 
     with store.session() as session:
