@@ -190,7 +190,11 @@ def test_jobs_follow_and_stop(tmp_path, cluster, rows):
     job_id = cli_ok("submit", spec, "--address", cluster["jobs"]).stdout.split()[1]
     follower = subprocess.Popen([sys.executable, "-m", "tlscale", "jobs", "logs", job_id, "--follow", "--address",
                                  cluster["jobs"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(15)
+    log = tmp_path / "stopped" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and "train/loss" in log.read_text()):  # stop it once it trains
+        assert time.monotonic() < deadline, "the job never started training"
+        time.sleep(0.5)
     stop = cli_ok("jobs", "stop", job_id, "--address", cluster["jobs"])
     assert "stop requested" in stop.stdout
     out, _ = follower.communicate(timeout=120)  # --follow returns when the job ends

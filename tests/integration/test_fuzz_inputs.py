@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from tests.conftest import ROOT, tiny_spec, write_spec
 from tlscale.cli import app
 
-BUDGET_S = float(os.environ.get("TLSCALE_FUZZ_BUDGET_S", "40"))
+BUDGET_S = float(os.environ.get("TLSCALE_FUZZ_BUDGET_S", "30"))
 TRAINS_AT_MOST = {"data": 4, "spec": 8}  # validated cases that then train, per phase (a train takes seconds)
 
 FIELDS = ["seed", "output_dir", "model.max_length", "model.pooling", "model.dropout", "data.limit", "data.eval_limit",
