@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from tlscale.logs import log
 from tlscale.service.events import add_event
 from tlscale.service.jobs import Settings, job_dir
-from tlscale.service.store import Job, Store, Team, now
+from tlscale.service.store import Job, Store, StoredFile, Team, now
 
 HOST = socket.gethostname()
 USER_ERROR = 2  # the CLI's exit code for bad input
@@ -100,8 +100,6 @@ class Dispatcher:
         message = message.replace(str(job_dir(self.settings, job.id) / "spec.yaml"), "spec")
         message = message.replace(str(job_dir(self.settings, job.id) / "run"), "output_dir")
         with self.store.session() as session:
-            from tlscale.service.store import StoredFile
-
             for file_id in job.files:
                 stored = session.get(StoredFile, file_id)
                 if stored is not None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from tlscale.errors import DataError, TlscaleError
+from tlscale.errors import TlscaleError
 from tlscale.service.store import StoredFile, Store, Team, new_id, now
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
@@ -94,6 +94,3 @@ def get_file(store: Store, team: Team, file_id: str) -> StoredFile | None:
     with store.session() as session:
         stored = session.get(StoredFile, file_id)
     return stored if stored is not None and stored.team_id == team.id else None
-
-
-__all__ = ["DataError", "UploadRefused", "get_file", "list_files", "store_upload"]
