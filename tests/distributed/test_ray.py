@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.distributed
 
 HOST = "127.0.0.2"  # Ray rewrites 127.0.0.1 to the machine's outward address; 127.0.0.2 stays on loopback
 STEPS = 6
+RAY_SERVICE_EPOCHS = 12  # long enough to outlive a server restart and a worker kill
 
 
 def free_port() -> int:
@@ -203,6 +205,89 @@ def test_jobs_follow_and_stop(tmp_path, cluster, rows):
     assert "STOPPED" in final.stdout
     unknown = run_cli("jobs", "status", "no-such-job", "--address", cluster["jobs"])
     assert unknown.returncode == 2 and "no job 'no-such-job'" in unknown.stderr
+
+
+def ray_train_workers() -> list[int]:
+    """Pids of this machine's Ray Train worker processes (Ray titles them ray::RayTrainWorker...)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_service_on_ray_survives_a_server_kill_and_retries_a_killed_worker(tmp_path, cluster):
+    """`tlscale serve --ray-address`: 52 jobs, 2 running as Ray jobs and 50 queued; the server is SIGKILLed
+    and started again: all 52 are there, the running ones re-attached with no second Ray submission. Then a
+    Ray Train worker is killed: an infrastructure failure, retried as a second Ray job that resumes from the
+    job's checkpoint; the other job ends on its first attempt."""
+    from ray.job_submission import JobSubmissionClient
+
+    from tests.service.conftest import free_port as loopback_port, httpx, wait_for_state
+    from tests.service.test_api import sst2_tsv, tiny_job_spec, upload
+    from tests.service.test_restart import start
+    from tlscale.service.server import open_store
+    from tlscale.service.teams import create_team, set_quotas
+
+    data_dir = tmp_path / "service"
+    _, token = create_team(open_store(data_dir, None), "ray-team")
+    set_quotas(open_store(data_dir, None), "ray-team", max_queued=60, max_running=2)
+    port, options = loopback_port(), ("--ray-address", cluster["jobs"], "--capacity", "2")
+    server = start(data_dir, port, *options)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                          timeout=60)
+    files = [upload(client, name, sst2_tsv(first, count)).json()["id"]
+             for name, first, count in (("train.tsv", 0, 160), ("dev.tsv", 1000, 64))]
+    on_ray = {"resources": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 0}}
+    running = [client.post("/v1/fine_tuning/jobs", json={"spec": {
+        **tiny_job_spec(*files, epochs=RAY_SERVICE_EPOCHS, save_every_steps=10), **on_ray}}).json()["id"]
+        for _ in range(2)]
+    queued = [client.post("/v1/fine_tuning/jobs", json={"spec": {**tiny_job_spec(*files, max_steps=2), **on_ray}})
+              .json()["id"] for _ in range(50)]
+    folders = [data_dir / "jobs" / job_id / "run" for job_id in running]
+    deadline = time.monotonic() + 240
+    while not all((f / "checkpoints" / "latest.json").is_file() for f in folders):
+        assert time.monotonic() < deadline, [client.get(f"/v1/fine_tuning/jobs/{j}").json() for j in running]
+        time.sleep(0.5)
+    server.kill()
+    server.wait()
+
+    ray_jobs = JobSubmissionClient(cluster["jobs"])
+    def submissions(job_id: str) -> list[str]:
+        return sorted(j.submission_id for j in ray_jobs.list_jobs() if (j.metadata or {}).get("tlscale_job") == job_id)
+
+    server = start(data_dir, port, *options)
+    try:
+        listed = client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
+        assert sorted(j["id"] for j in listed) == sorted(running + queued)
+        states = {j["id"]: j["status"] for j in listed}
+        assert {states[j] for j in running} == {"running"} and {states[j] for j in queued} == {"queued"}
+        positions = [client.get(f"/v1/fine_tuning/jobs/{j}").json()["queue_position"] for j in queued]
+        assert positions == list(range(1, 51))
+        for job_id in queued:  # they would each take a Ray job's start-up: cancelled, they never start
+            assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+        victims = ray_train_workers()
+        assert len(victims) == 2, victims  # one per running job, each on its own node
+        os.kill(victims[0], signal.SIGKILL)
+        ended = [wait_for_state(client, job_id, ("succeeded", "failed", "cancelled"), timeout=400) for job_id in running]
+        assert [job["status"] for job in ended] == ["succeeded"] * 2, ended
+        assert sorted(job["attempt"] for job in ended) == [1, 2], ended
+        retried = next(job["id"] for job in ended if job["attempt"] == 2)
+        assert submissions(retried) == [f"tlscale-{retried}-attempt-1", f"tlscale-{retried}-attempt-2"]
+        other = next(j for j in running if j != retried)
+        assert submissions(other) == [f"tlscale-{other}-attempt-1"]  # re-attached: never submitted again
+        events = client.get(f"/v1/fine_tuning/jobs/{retried}/events", params={"limit": 1000}).json()["data"]
+        assert any(e["type"] == "restart" for e in events), events
+        metrics = json.loads((data_dir / "jobs" / retried / "run" / "metrics.json").read_text())
+        assert metrics["resumed_from_step"] and metrics["resumed_from_step"] % 10 == 0, metrics["resumed_from_step"]
+        assert all(not submissions(job_id) for job_id in queued)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
 
 
 def test_announced_preemption_takes_a_checkpoint_before_the_node_goes(tmp_path, cluster, rows):

@@ -63,7 +63,7 @@ def test_requests_without_a_valid_token_get_401(api, team_a):
     for headers in ({}, {"Authorization": "Bearer tls_nope"}, {"Authorization": "Basic abc"},
                     {"Authorization": f"Bearer {revoked}"}, {"Authorization": f"Bearer {expired}"}):
         for method, path in (("GET", "/v1/fine_tuning/jobs"), ("POST", "/v1/fine_tuning/jobs"), ("GET", "/v1/files"),
-                             ("GET", "/v1/fine_tuning/jobs/ftjob-x/events")):
+                             ("GET", "/v1/fine_tuning/jobs/ftjob-x/events"), ("GET", "/v1/usage")):
             response = httpx.request(method, api.url + path, headers=headers, json={})
             assert response.status_code == 401, (headers, path, response.text)
             assert response.json()["error"]["type"] == "authentication_error"
@@ -296,6 +296,10 @@ def test_a_job_runs_to_the_end_with_events_metrics_and_its_model(running_api):
     assert archive.status_code == 200
     names = tarfile.open(fileobj=io.BytesIO(archive.content)).getnames()
     assert "model/config.json" in names and "model/model.safetensors" in names
+    usage = client.get("/v1/usage").json()  # the finished job's running time, counted against the month's quota
+    hours = (done["finished_at"] - done["started_at"]) / 3600
+    assert usage["compute_hours"] == pytest.approx(hours, abs=1e-3) and usage["compute_hours"] > 0, usage
+    assert usage["running"] == usage["waiting"] == 0 and usage["quotas"]["max_compute_hours"] == 1000.0
 
     # a spec whose data does not fit fails at validation, as the user's error, with the upload's name and line
     bad = tiny_job_spec(*files)
@@ -388,6 +392,8 @@ def test_a_killed_training_process_is_an_infrastructure_failure_retried_from_its
     restarts = [e for e in events if e["type"] == "restart"]
     assert len(restarts) == 1 and restarts[0]["data"]["exit_code"] == -signal.SIGKILL
     assert any(e["message"].startswith("running: attempt 2, resuming") for e in events)
+    checkpoints = [e["data"]["step"] for e in events if e["type"] == "checkpoint"]
+    assert checkpoints and checkpoints == sorted(set(checkpoints)) and checkpoints[0] >= 10, checkpoints
     metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["final"]
     assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] >= 10
 

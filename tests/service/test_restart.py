@@ -12,9 +12,10 @@ from tests.service.conftest import free_port, httpx, wait_for_state
 from tests.service.test_api import sst2_tsv, tiny_job_spec, upload
 
 
-def start(data_dir, port: int) -> subprocess.Popen:
+def start(data_dir, port: int, *options: str) -> subprocess.Popen:
+    """`tlscale serve` as its own process (so a test can SIGKILL it), once it answers."""
     server = subprocess.Popen([sys.executable, "-m", "tlscale", "serve", "--data-dir", str(data_dir), "--port",
-                               str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               str(port), *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

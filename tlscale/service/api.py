@@ -289,6 +289,13 @@ def job_model(job_id: str, caller: Caller, store: StoreDep, settings: SettingsDe
                              headers={"Content-Disposition": f'attachment; filename="{job.id}-model.tar.gz"'})
 
 
+@router.get("/v1/usage")
+def team_usage(caller: Caller, store: StoreDep) -> dict:
+    """The team's use of its quotas: compute-hours this calendar month (UTC; a job's training processes
+    times its running time), jobs running and waiting, and the limits."""
+    return {"object": "usage", "team": caller.name, **job_ops.usage(store, caller)}
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise ApiError(415, "expected Content-Type: application/json")

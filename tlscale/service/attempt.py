@@ -1,8 +1,9 @@
 """One attempt of a service job: `python -m tlscale.service.attempt JOB_DIR N [--resume]`.
 
 Runs `tlscale train` on the job's spec and writes its exit code to JOB_DIR/attempt-N.exit when it ends, so
-a dispatcher that was restarted in between (even after a SIGKILL) still learns how the attempt ended. It
-runs in its own session, outliving the server; SIGTERM is passed on (tlscale checkpoints and exits 0).
+a dispatcher that was restarted in between (even after a SIGKILL) still learns how the attempt ended. The
+same command is a local process (in its own session, outliving the server) or a Ray job's entrypoint. A
+`cancel` file in JOB_DIR, or SIGTERM, stops the run: tlscale checkpoints and exits.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -20,12 +23,21 @@ def main(argv: list[str]) -> int:
         child = subprocess.Popen(command + (["--resume"] if resume else []), stdout=log, stderr=subprocess.STDOUT,
                                  cwd=job_dir)
         signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+        threading.Thread(target=_stop_on_request, args=(job_dir / "cancel", child), daemon=True).start()
         code = child.wait()
     done = job_dir / f"attempt-{number}.exit"
     temporary = done.with_suffix(".tmp")
     temporary.write_text(str(code))
     os.replace(temporary, done)
     return code
+
+
+def _stop_on_request(request: Path, child: subprocess.Popen) -> None:
+    while child.poll() is None:
+        if request.is_file():
+            child.send_signal(signal.SIGTERM)
+            return
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":

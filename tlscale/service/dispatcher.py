@@ -12,42 +12,32 @@ error (exit 2) never is. A restarted server re-attaches to the attempts still ru
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import yaml
 from sqlalchemy import func, select, update
 
 from tlscale.logs import log
+from tlscale.service.backends import Backend, LocalAttempts
 from tlscale.service.events import add_event
 from tlscale.service.jobs import Settings, job_dir
 from tlscale.service.store import Job, Store, StoredFile, Team, now
 
-HOST = socket.gethostname()
 USER_ERROR = 2  # the CLI's exit code for bad input
 TAIL_LINES = 20
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of pid (with the pid, it names one process for good), None if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+START_GRACE_S = 60  # a claim with no attempt behind it after this long is started again (same attempt number)
+CANCEL_GRACE_S = 120  # an attempt still running this long after its cancel file is killed
 
 
 class Dispatcher:
-    def __init__(self, store: Store, settings: Settings, capacity: int = 1, poll_s: float = 0.5):
+    def __init__(self, store: Store, settings: Settings, capacity: int = 1, poll_s: float = 0.5,
+                 backend: Backend | None = None):
         self.store, self.settings, self.capacity, self.poll_s = store, settings, capacity, poll_s
+        self.backend = backend or LocalAttempts()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._children: dict[str, subprocess.Popen] = {}  # attempts this process started (reaped here)
-        self._signalled: set[str] = set()
 
     # --- the loop -------------------------------------------------------------------------------------
 
@@ -111,9 +101,9 @@ class Dispatcher:
 
     def _start_queued(self) -> None:
         while True:
-            with self.store.session() as session:  # capacity is this host's: other hosts run their own
+            with self.store.session() as session:  # a local backend's capacity is this host's
                 running = session.scalar(select(func.count()).select_from(Job).where(
-                    Job.state == "running", Job.worker.startswith(f"{HOST}:")))
+                    Job.state == "running", Job.worker.startswith(self.backend.prefix)))
                 if running >= self.capacity:
                     return
                 job = self._next_job(session)
@@ -134,24 +124,23 @@ class Dispatcher:
         return min(candidates, key=lambda j: (running.get(j.team_id, 0), -j.priority, j.created_seq))
 
     def _launch(self, job: Job) -> None:
-        folder = job_dir(self.settings, job.id)
         number = job.attempt + 1
-        resume = (folder / "run" / "checkpoints").is_dir() or (folder / "run" / "metrics.json").is_file()
         with self.store.session() as session:  # the claim: only one replica's UPDATE finds it queued
             claimed = session.execute(update(Job).where(Job.id == job.id, Job.state == "queued").values(
-                state="running", attempt=number, worker=f"{HOST}:pending:{now():.0f}",
+                state="running", attempt=number, worker=self.backend.claim_mark(now()),
                 started_at=func.coalesce(Job.started_at, now()))).rowcount
             session.commit()
-        if claimed != 1:
-            return
-        child = subprocess.Popen([sys.executable, "-m", "tlscale.service.attempt", str(folder), str(number)]
-                                 + (["--resume"] if resume else []), cwd=folder, start_new_session=True,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._children[job.id] = child
+        if claimed == 1:
+            self._start_attempt(job.id, number)
+
+    def _start_attempt(self, job_id: str, number: int) -> None:
+        folder = job_dir(self.settings, job_id)
+        resume = (folder / "run" / "checkpoints").is_dir() or (folder / "run" / "metrics.json").is_file()
+        worker = self.backend.start(job_id, folder, number, resume)
         with self.store.session() as session:
-            row = session.get(Job, job.id)
-            row.worker = f"{HOST}:{child.pid}:{_process_start(child.pid)}"
-            add_event(session, job.id, "state", f"running: attempt {number}" + (", resuming" if resume else ""),
+            row = session.get(Job, job_id)
+            row.worker = worker
+            add_event(session, job_id, "state", f"running: attempt {number}" + (", resuming" if resume else ""),
                       {"state": "running", "attempt": number})
             session.commit()
 
@@ -159,48 +148,57 @@ class Dispatcher:
 
     def _follow_running(self) -> None:
         with self.store.session() as session:
-            running = session.scalars(select(Job).where(Job.state == "running")).all()
-        for job in running:
-            if not (job.worker or "").startswith(f"{HOST}:"):
-                continue  # another host's attempt: its own dispatcher follows it
+            running = session.scalars(select(Job).where(Job.state == "running",
+                                                        Job.worker.startswith(self.backend.prefix))).all()
+        for job in running:  # (another host's local attempts are followed by that host's dispatcher)
             self._collect_events(job)
+            self._collect_checkpoints(job)
             code = self._exit_code(job)
             if code is None:
-                if job.cancel_requested and job.id not in self._signalled:
-                    self._signal(job)
+                if job.cancel_requested:
+                    self._cancel(job)
                 continue
-            self._children.pop(job.id, None)
             self._conclude(job, code)
 
     def _exit_code(self, job: Job) -> int | None:
-        """The attempt's exit code; -1 for an attempt that vanished without one (its host process killed)."""
-        child = self._children.get(job.id)
-        if child is not None:
-            child.poll()  # reap it
+        """The attempt's exit code; None while it runs; -1 for one that ended without leaving its code (its
+        process or node killed). A claim that never became an attempt (the server died in between) is
+        started again under the same attempt number once it is clearly stale."""
         done = job_dir(self.settings, job.id) / f"attempt-{job.attempt}.exit"
         if done.is_file():
             return int(done.read_text())
-        parts = (job.worker or "").split(":")
-        if len(parts) == 3 and parts[1].isdigit():
-            if _process_start(int(parts[1])) == parts[2]:
-                return None  # still running (started by us, or by the server we restarted from)
-            return -1
-        if len(parts) == 3 and parts[1] == "pending":  # claimed; the start never happened if this stays long
-            return None if now() - float(parts[2]) < 60 else -1
-        return -1
+        state = self.backend.state(job.id, job.attempt, job.worker)
+        if state == "running":
+            return None
+        if state == "ended":
+            return int(done.read_text()) if done.is_file() else -1  # (it may have just written it)
+        claimed_at = float(job.worker.rsplit(":", 1)[1]) if ":pending:" in job.worker else 0.0
+        if now() - claimed_at < START_GRACE_S:
+            return None  # (another replica may be starting it right now)
+        with self.store.session() as session:  # claimed again by compare-and-set: one replica starts it
+            moved = session.execute(update(Job).where(Job.id == job.id, Job.state == "running",
+                                                      Job.worker == job.worker)
+                                    .values(worker=self.backend.claim_mark(now()))).rowcount
+            session.commit()
+        if moved == 1:
+            log.warning(f"job {job.id}: attempt {job.attempt} was claimed but never started; starting it")
+            self._start_attempt(job.id, job.attempt)
+        return None
 
-    def _signal(self, job: Job) -> None:
-        pid = int(job.worker.split(":")[1])
-        try:
-            os.kill(pid, signal.SIGTERM)  # the attempt passes it on: tlscale checkpoints and stops
-        except ProcessLookupError:
-            pass
-        self._signalled.add(job.id)
+    def _cancel(self, job: Job) -> None:
+        """The attempt watches for this file: tlscale checkpoints and stops. Killed if it ignores it."""
+        request = job_dir(self.settings, job.id) / "cancel"
+        if not request.is_file():
+            request.write_text(f"{now():.0f}\n")
+        elif now() - request.stat().st_mtime > CANCEL_GRACE_S:
+            log.warning(f"job {job.id}: still running {CANCEL_GRACE_S} s after its cancellation; killing it")
+            self.backend.kill(job.id, job.attempt, job.worker)
+            request.touch()
 
     def _conclude(self, job: Job, code: int) -> None:
         run = job_dir(self.settings, job.id) / "run"
         if job.cancel_requested:
-            self._end(job.id, "cancelled", "cancelled while running (the run stopped at a checkpoint)")
+            self._end(job.id, "cancelled", "cancelled while running")
         elif code == 0 and (run / "metrics.json").is_file():
             self._end(job.id, "succeeded", "succeeded")
         elif code == USER_ERROR:
@@ -226,14 +224,13 @@ class Dispatcher:
             return ""
 
     def _collect_events(self, job: Job) -> None:
-        """New rows of the run's metrics.jsonl become evaluation and checkpoint events (read from where the
-        last tick stopped, kept beside the run so a restarted server does not repeat them)."""
-        folder = job_dir(self.settings, job.id)
-        rows_file, mark_file = folder / "run" / "metrics.jsonl", folder / "events.offset"
+        """New rows of the run's metrics.jsonl become evaluation and log events, read from the offset kept
+        on the job's row; the offset moves by compare-and-set in the same transaction as the events, so two
+        replicas following one job (or a restarted server) never add an event twice."""
+        rows_file = job_dir(self.settings, job.id) / "run" / "metrics.jsonl"
         try:
-            offset = int(mark_file.read_text()) if mark_file.is_file() else 0
             with open(rows_file, "rb") as handle:
-                handle.seek(offset)
+                handle.seek(job.events_offset)
                 chunk = handle.read()
         except OSError:
             return
@@ -241,6 +238,8 @@ class Dispatcher:
         if not complete:
             return
         with self.store.session() as session:
+            if not self._advance(session, job, events_offset=job.events_offset + len(complete)):
+                return
             for line in complete.decode(errors="replace").splitlines():
                 try:
                     row = json.loads(line)
@@ -250,12 +249,39 @@ class Dispatcher:
                 if scores:
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float))
                     add_event(session, job.id, "evaluation", f"step {row.get('step')}: {shown}", row)
-                elif "checkpoint" in row:
-                    add_event(session, job.id, "checkpoint", f"checkpoint at step {row.get('step')}", row)
                 elif "train/loss" in row:
                     add_event(session, job.id, "log", f"step {row.get('step')}: loss {row['train/loss']:.4f}", row)
             session.commit()
-        mark_file.write_text(str(offset + len(complete)))
+
+    def _collect_checkpoints(self, job: Job) -> None:
+        """A checkpoint event for each newer checkpoint the run points at (its latest.json)."""
+        pointer = job_dir(self.settings, job.id) / "run" / "checkpoints" / "latest.json"
+        try:
+            latest = json.loads(pointer.read_text())
+            step = int(latest["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if step <= job.checkpoint_step:
+            return
+        with self.store.session() as session:
+            if self._advance(session, job, checkpoint_step=step):
+                add_event(session, job.id, "checkpoint", f"checkpoint at step {step}",
+                          {"step": step, "name": latest.get("checkpoint")})
+                session.commit()
+
+    @staticmethod
+    def _advance(session, job: Job, **marks: int) -> bool:
+        """Move the job's event marks from the values this replica read to new ones; False if another
+        replica moved them first (its events are already there)."""
+        seen = {key: getattr(job, key) for key in marks}
+        moved = session.execute(update(Job).where(Job.id == job.id, *(getattr(Job, k) == v for k, v in seen.items()))
+                                .values(**marks)).rowcount
+        if moved != 1:
+            session.rollback()
+            return False
+        for key, value in marks.items():
+            setattr(job, key, value)
+        return True
 
     # --- state changes ---------------------------------------------------------------------------------
 

@@ -78,8 +78,14 @@ def resolve_spec(raw: Any, team: Team, store: Store, settings: Settings, job_id:
                                 + (" or a path under " + ", ".join(map(str, settings.allowed_roots))
                                    if settings.allowed_roots else "") + f", found {value!r}")
         raw["data"] = data
-    if raw.get("runner", "local") != settings.runner:
+    if raw.get("runner") in (None, "local", settings.runner):  # "local" is every spec's default
+        raw["runner"] = settings.runner
+    else:
         problems.append(f"runner: this server runs jobs with runner '{settings.runner}', found {raw.get('runner')!r}")
+    resources = raw.get("resources")
+    for key in ("address", "storage_path"):  # the server's to choose: the cluster and its shared storage
+        if isinstance(resources, dict) and resources.get(key) is not None:
+            problems.append(f"resources.{key}: chosen by the server; remove it")
     if problems:
         raise ConfigError(problems)
     spec = spec_from_dict(raw, source="spec")
@@ -113,9 +119,27 @@ def compute_hours(session, team_id: str) -> float:
                                              Job.started_at >= month_start())).all()
     total = 0.0
     for job in jobs:
-        processes = max(1, int((job.spec.get("distributed") or {}).get("num_processes", 1)))
-        total += processes * ((job.finished_at or now()) - job.started_at) / 3600
+        total += job_processes(job.spec) * ((job.finished_at or now()) - job.started_at) / 3600
     return total
+
+
+def job_processes(spec: dict) -> int:
+    """Training processes a job holds: its local processes, or its Ray workers."""
+    if spec.get("runner") == "ray":
+        return max(1, int((spec.get("resources") or {}).get("num_workers", 1)))
+    return max(1, int((spec.get("distributed") or {}).get("num_processes", 1)))
+
+
+def usage(store: Store, team: Team) -> dict:
+    with store.session() as session:
+        counts = dict(session.execute(select(Job.state, func.count()).where(Job.team_id == team.id)
+                                      .group_by(Job.state)).all())
+        used = compute_hours(session, team.id)
+    return {"month_start": datetime.datetime.fromtimestamp(month_start(), datetime.timezone.utc).isoformat(),
+            "compute_hours": round(used, 4), "running": counts.get("running", 0),
+            "waiting": counts.get("validating_files", 0) + counts.get("queued", 0),
+            "quotas": {"max_running": team.max_running, "max_queued": team.max_queued,
+                       "max_compute_hours": team.max_compute_hours}}
 
 
 def admit(session, team: Team) -> None:

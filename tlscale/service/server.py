@@ -18,21 +18,26 @@ def open_store(data_dir: Path | None, url: str | None) -> Store:
 
 
 def build_app(data_dir: Path, url: str | None = None, allowed_roots: list[Path] | None = None, capacity: int = 1,
-              max_attempts: int = 3, poll_s: float = 0.5):
-    """(app, store): the FastAPI app with its dispatcher, ready for uvicorn (or a test client)."""
+              max_attempts: int = 3, poll_s: float = 0.5, ray_address: str | None = None):
+    """(app, store): the FastAPI app with its dispatcher, ready for uvicorn (or a test client). With
+    ray_address, jobs run as Ray jobs on that cluster (runner: ray), else as processes of this host."""
     require("fastapi", "service")
     from tlscale.service.api import create_app
+    from tlscale.service.backends import make_backend
     from tlscale.service.dispatcher import Dispatcher
 
+    backend = make_backend(ray_address)
     store = open_store(data_dir, url)
     settings = Settings(data_dir=Path(data_dir).resolve(), allowed_roots=[Path(r) for r in allowed_roots or []],
-                        max_attempts=max_attempts)
-    return create_app(store, settings, Dispatcher(store, settings, capacity=capacity, poll_s=poll_s)), store
+                        max_attempts=max_attempts, runner=backend.runner)
+    dispatcher = Dispatcher(store, settings, capacity=capacity, poll_s=poll_s, backend=backend)
+    return create_app(store, settings, dispatcher), store
 
 
-def serve(data_dir: Path, url: str | None, host: str, port: int, allowed_roots: list[Path], capacity: int) -> None:
+def serve(data_dir: Path, url: str | None, host: str, port: int, allowed_roots: list[Path], capacity: int,
+          ray_address: str | None = None) -> None:
     uvicorn = require("uvicorn", "service")
-    app, _store = build_app(data_dir, url, allowed_roots, capacity)
+    app, _store = build_app(data_dir, url, allowed_roots, capacity, ray_address=ray_address)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

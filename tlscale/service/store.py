@@ -83,6 +83,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(20), nullable=True)  # user_error | infrastructure
     cancel_requested: Mapped[bool] = mapped_column(default=False)
+    # how far the run folder has become events (compare-and-set: replicas never add one twice)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    checkpoint_step: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
 
 
 class JobEvent(Base):
