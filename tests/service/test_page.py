@@ -41,6 +41,8 @@ def test_a_team_signs_in_and_watches_its_job_finish(running_api, browser, tmp_pa
     page.fill("#token", token)
     page.click("#login button")
     page.wait_for_selector(f"tr[data-job='{job_id}']")
+    assert page.locator("#usage").inner_text().endswith("of 1000 compute-hours this month")
+    assert page.locator("#who").inner_text().startswith("web ·")
     page.click(f"a[href='#/jobs/{job_id}']")
     page.wait_for_selector("#status:has-text('succeeded')", timeout=240_000)
     assert page.locator("#curve path").count() == 1  # the loss curve, drawn from the run's rows

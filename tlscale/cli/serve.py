@@ -26,15 +26,21 @@ def serve(ctx: typer.Context, data_dir: DataDir = None, database_url: DatabaseUr
           port: Annotated[int, typer.Option(help="Port.")] = 8000,
           allow_root: Annotated[Optional[list[Path]], typer.Option(
               "--allow-root", help="A server folder specs may name paths under (shared cluster storage).")] = None,
-          capacity: Annotated[int, typer.Option(min=1, help="Jobs this server runs at once.")] = 1):
+          capacity: Annotated[int, typer.Option(min=1, help="Jobs this server runs at once (with --ray-address: "
+                                                           "on the cluster, all replicas together).")] = 1,
+          ray_address: Annotated[Optional[str], typer.Option(
+              "--ray-address", envvar="TLSCALE_RAY_ADDRESS",
+              help="A Ray cluster's job server (http://HEAD:8265): jobs run there as Ray jobs. The data dir must be "
+                   "storage the cluster's nodes mount at the same path; a Ray token goes in RAY_AUTH_TOKEN.")] = None):
     """Start the API: `tlscale serve --data-dir DIR` (SQLite and the local runner; no other server needed)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"data_dir": data_dir, "database_url": database_url}
         return
     from tlscale.service.server import serve as run_server
 
-    out.print(f"tlscale serve: http://{host}:{port}  (API under /v1, OpenAPI at /docs)")
-    run_server(data_dir, database_url, host, port, allow_root or [], capacity)
+    out.print(f"tlscale serve: http://{host}:{port}  (API under /v1, OpenAPI at /docs)"
+              + (f"; jobs run on the Ray cluster at {ray_address}" if ray_address else ""))
+    run_server(data_dir, database_url, host, port, allow_root or [], capacity, ray_address)
 
 
 def _store(ctx: typer.Context, data_dir: Optional[Path], database_url: Optional[str]):
