@@ -8,6 +8,8 @@ server holds the Ray token (RAY_AUTH_TOKEN in its environment): clients talk to 
 """
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,9 +80,6 @@ class LocalAttempts:
         return "running" if _process_start(int(pid)) == started else "ended"
 
     def kill(self, job_id: str, number: int, worker: str) -> None:
-        import os
-        import signal
-
         _, pid, started = worker.split(":", 2)
         if pid.isdigit() and _process_start(int(pid)) == started:
             os.killpg(int(pid), signal.SIGKILL)

@@ -1,13 +1,14 @@
 """Moves jobs along: validating_files -> queued -> running -> succeeded | failed | cancelled.
 
-A loop in the server process (one per replica). Each tick it checks the data of newly created jobs (the
-same `tlscale validate` a user runs: a failure is the user's, with its file:line messages), starts queued
-jobs while there is room (server capacity and each team's max_running; the team with the fewest running
-jobs goes first, then priority, then age), follows the running ones (events from the run folder, the exit
-code an attempt leaves behind) and stops cancelled ones. A start is a compare-and-set on the job's row
-(queued -> running), so two replicas never start the same job. Infrastructure failures (a killed worker,
+Two loops in the server process (in every replica). One checks the data of newly created jobs (the same
+`tlscale validate` a user runs, once per spec content: a failure is the user's, with its file:line
+messages). The other starts queued jobs while there is room (capacity and each team's max_running; the
+team with the fewest running jobs first, then priority, then age) on the backend (processes of this host,
+or Ray jobs), follows the running ones (events from the run folder, the exit code an attempt leaves
+behind) and stops cancelled ones. Every change of a job's row is a compare-and-set, so replicas sharing
+the database never start a job twice or add an event twice. Infrastructure failures (a killed worker,
 anything but exit 0 or 2) are retried, resuming from the run's checkpoints, up to max_attempts; a user
-error (exit 2) never is. A restarted server re-attaches to the attempts still running on its host.
+error (exit 2) never is. A restarted server re-attaches to the attempts still running.
 """
 from __future__ import annotations
 
