@@ -38,9 +38,9 @@ def serve(ctx: typer.Context, data_dir: DataDir = None, database_url: DatabaseUr
         return
     from tlscale.service.server import serve as run_server
 
-    out.print(f"tlscale serve: http://{host}:{port}  (API under /v1, OpenAPI at /docs)"
-              + (f"; jobs run on the Ray cluster at {ray_address}" if ray_address else ""))
-    run_server(data_dir, database_url, host, port, allow_root or [], capacity, ray_address)
+    run_server(data_dir, database_url, host, port, allow_root or [], capacity, ray_address,
+               announce=lambda: out.print(f"tlscale serve: http://{host}:{port}  (API under /v1, OpenAPI at /docs)"
+                                          + (f"; jobs run on the Ray cluster at {ray_address}" if ray_address else "")))
 
 
 def _store(ctx: typer.Context, data_dir: Optional[Path], database_url: Optional[str]):

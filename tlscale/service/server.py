@@ -35,9 +35,11 @@ def build_app(data_dir: Path, url: str | None = None, allowed_roots: list[Path] 
 
 
 def serve(data_dir: Path, url: str | None, host: str, port: int, allowed_roots: list[Path], capacity: int,
-          ray_address: str | None = None) -> None:
+          ray_address: str | None = None, announce=lambda: None) -> None:
+    """Build the app (the store opened and migrated, the Ray job server reached), announce, serve."""
     uvicorn = require("uvicorn", "service")
     app, _store = build_app(data_dir, url, allowed_roots, capacity, ray_address=ray_address)
+    announce()
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
