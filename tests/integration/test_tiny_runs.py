@@ -37,7 +37,8 @@ def test_train_writes_the_promised_outputs_and_eval_predict_reuse_them(tmp_path,
     assert {"accuracy", "f1_macro", "ece", "per_class", "confusion_matrix"} <= set(metrics["eval"])
     assert set(metrics["eval"]["per_class"]) == {"negative", "positive"}
     assert metrics["eval"]["num_examples"] == 64 and metrics["steps"] == 40
-    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    for picture in ("confusion_matrix.png", "reliability.png", "learning_curve.png"):
+        assert (out / picture).read_bytes()[:4] == b"\x89PNG" and (out / picture).stat().st_size > 10_000, picture
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 64 and abs(sum(predictions[0]["probabilities"].values()) - 1) < 1e-4
     accuracy = sum(p["label"] == p["gold"] for p in predictions) / 64

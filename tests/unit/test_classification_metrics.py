@@ -66,3 +66,23 @@ def test_scoring_imports_no_scipy():
              "print(sorted(m for m in ('torchmetrics', 'scipy.signal', 'scipy.stats') if m in sys.modules))\n")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reliability_bins_are_the_bins_of_the_ece(seed, tmp_path):
+    """The reliability diagram draws the bins the ECE is computed on: their weighted gaps add up to it."""
+    from tlscale.eval.metrics import expected_calibration_error
+    from tlscale.eval.reports import plot_reliability, reliability_bins
+
+    generator = torch.Generator().manual_seed(seed)
+    confidence = torch.rand(500, generator=generator, dtype=torch.float64) * 0.5 + 0.5
+    confidence[:7] = torch.tensor([0.5, 0.6, 2 / 3, 0.8, 0.9, 1.0, 1.0], dtype=torch.float64)  # on and at the edges
+    correct = torch.rand(500, generator=generator, dtype=torch.float64) < confidence ** 2
+    correct[5:7] = True  # (sure and right, as a model's 1.0 nearly always is: see reliability_bins)
+    bins = reliability_bins(confidence, correct, 15)
+    assert sum(b["count"] for b in bins) == 500 and bins[-1]["count"] >= 2  # a confidence of 1 is in the last bin
+    gaps = sum(abs(b["accuracy"] - b["confidence"]) * b["count"] for b in bins if b["count"]) / 500
+    assert gaps == pytest.approx(expected_calibration_error(confidence, correct, 15), abs=1e-9)
+    assert all(b["low"] <= b["confidence"] <= b["high"] for b in bins if b["count"])
+    plot_reliability(tmp_path / "reliability.png", bins, gaps, "random")
+    assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"

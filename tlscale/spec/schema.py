@@ -224,6 +224,8 @@ class EvalSpec(Section):
     batch_size: PositiveInt = Field(64, le=MAX_BATCH, description="Evaluation batch size.")
     calibration_bins: PositiveInt = Field(15, description="Probability bins of the expected calibration error (ECE).")
     confusion_matrix: bool = Field(True, description="Write confusion_matrix.png (classification).")
+    reliability_diagram: bool = Field(True, description="Write reliability.png (classification): accuracy against "
+                                      "confidence per calibration bin, with the ECE.")
     predictions: bool = Field(True, description="Write predictions.jsonl for the eval set.")
 
 

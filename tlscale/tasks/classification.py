@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from tlscale.data import build_classification_data, collate, sequential_batches, tokenize
 from tlscale.errors import ConfigError
-from tlscale.eval import classification_metrics, plot_confusion_matrix, write_predictions
+from tlscale.eval import (classification_metrics, plot_confusion_matrix, plot_reliability, reliability_bins,
+                          write_predictions)
 from tlscale.eval.evaluator import score_batches
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
 
@@ -59,6 +60,12 @@ class TextClassification(Task):
             if spec.eval.confusion_matrix:
                 plot_confusion_matrix(run.path / "confusion_matrix.png", metrics["confusion_matrix"],
                                       data.label_names, f"{spec.strategy.name}: accuracy {metrics['accuracy']:.3f}")
+            if spec.eval.reliability_diagram:
+                confidence, predicted = probs.float().max(dim=1)
+                bins = reliability_bins(confidence, predicted == torch.tensor(eval_set.labels),
+                                        spec.eval.calibration_bins)
+                plot_reliability(run.path / "reliability.png", bins, metrics["ece"],
+                                 f"{spec.strategy.name}: {metrics['num_examples']} eval examples")
         return metrics
 
     def headline(self, metrics: dict) -> str:

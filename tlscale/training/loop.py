@@ -378,11 +378,29 @@ def finish(s: Session) -> RunResult:
     if verified is not None and (run.path / "model-adapter").is_dir():
         verified["adapter"] = verify_adapter(run.path / "model-adapter")
     metrics = final_metrics(s, final_eval, probe_loss, verified is not None)
-    if accelerator.is_main_process:  # last: a run with metrics.json is complete
-        run.publish(metrics)
+    if accelerator.is_main_process:
+        _plot_learning_curve(s)
+        run.publish(metrics)  # last: a run with metrics.json is complete
     accelerator.log({f"final/{k}": v for k, v in final_eval.items() if isinstance(v, float)}, step=s.state.step)
     accelerator.end_training()
     return RunResult(run.path, metrics)
+
+
+def _plot_learning_curve(s: Session) -> None:
+    """learning_curve.png: the logged training loss and the evaluations during training, by step."""
+    import json
+
+    from tlscale.eval.reports import plot_learning_curve
+
+    rows = []
+    for line in s.run.dir.log_file.read_text().splitlines() if s.run.dir.log_file.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # (a line cut short by a kill before a resume)
+            continue
+    metric = s.task.default_metric if s.spec.training.metric_for_best == "auto" else s.spec.training.metric_for_best
+    plot_learning_curve(s.run.path / "learning_curve.png", rows, metric,
+                        f"{s.spec.task}, {s.spec.strategy.name}: {s.state.step} steps")
 
 
 def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: bool) -> dict:
