@@ -164,11 +164,13 @@ def fewshot(spec: SpecArg, overrides: Overrides = None,
 @app.command()
 @user_errors
 def compare(runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).",
-                                                        show_default=False)]):
-    """Trained, prompted and probed runs of one task side by side."""
+                                                        show_default=False)],
+            allow_mixed_eval: Annotated[bool, typer.Option(
+                "--allow-mixed-eval", help="Show runs scored on evaluation sets of different sizes (flagged).")] = False):
+    """Trained, prompted and probed runs of one task side by side (scored on one evaluation set)."""
     from tlscale.inference.compare import compare_table
 
-    Console(width=max(out.width, 160), highlight=False).print(compare_table(runs))
+    Console(width=max(out.width, 160), highlight=False).print(compare_table(runs, allow_mixed_eval))
 
 
 @app.command("eval")

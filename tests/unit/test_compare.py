@@ -1,0 +1,46 @@
+"""`tlscale compare`: figures side by side only when they were scored on the same evaluation set (the
+metrics.json files here are written as tlscale writes them: a trained run, a few-shot run, a QA run)."""
+from __future__ import annotations
+
+import json
+
+from tests.unit.cli_checks import expect_error, invoke
+
+
+def run_folder(root, name: str, metrics: dict):
+    folder = root / name
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def trained(accuracy: float, eval_examples: int) -> dict:
+    return {"task": "text_classification", "strategy": "full", "model": "m", "train_examples": 800,
+            "eval_examples": eval_examples, "eval": {"accuracy": accuracy, "f1_macro": accuracy,
+                                                     "num_examples": eval_examples}}
+
+
+def fewshot(accuracy: float, eval_examples: int) -> dict:  # means over seeds: no top-level eval_examples
+    return {"task": "text_classification", "method": "setfit", "model": "m", "fewshot": {"k": 16},
+            "eval": {"accuracy": accuracy, "accuracy_std": 0.02, "num_examples": float(eval_examples), "seeds": 2}}
+
+
+def test_runs_scored_on_one_set_compare_and_show_its_size(tmp_path):
+    a = run_folder(tmp_path, "full", trained(0.85, 872))
+    b = run_folder(tmp_path, "setfit", fewshot(0.74, 872))
+    code, output = invoke("compare", a, b)
+    assert code == 0, output
+    assert "eval n" in output and output.count("872") == 2 and "0.7400 ± 0.0200" in output
+    assert "do not compare" not in output
+
+
+def test_runs_scored_on_sets_of_different_sizes_are_refused_or_flagged(tmp_path):
+    a = run_folder(tmp_path, "full", trained(0.85, 872))
+    b = run_folder(tmp_path, "small", trained(0.90, 100))
+    c = run_folder(tmp_path, "fewshot", fewshot(0.70, 200))
+    expect_error(["compare", a, b, c], "different sizes", f"{a}: 872", f"{b}: 100", f"{c}: 200", "--allow-mixed-eval")
+    code, output = invoke("compare", a, b, c, "--allow-mixed-eval")
+    assert code == 0 and "different evaluation sets: these figures do not compare" in output, output
+    qa = {"task": "extractive_qa", "strategy": "full", "eval": {"exact_match": 19.0, "f1": 31.0, "total": 364}}
+    d, e = run_folder(tmp_path, "qa1", qa), run_folder(tmp_path, "qa2", {**qa, "eval": {**qa["eval"], "total": 400}})
+    expect_error(["compare", d, e], "364", "400")  # QA runs say how many questions they were scored on
