@@ -13,6 +13,12 @@ def write_json_atomic(path: Path, value) -> None:
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_jsonl_atomic(path: Path, rows) -> None:
     """One JSON object per line; a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,13 @@ def test_runs_scored_on_sets_of_different_sizes_are_refused_or_flagged(tmp_path)
     qa = {"task": "extractive_qa", "strategy": "full", "eval": {"exact_match": 19.0, "f1": 31.0, "total": 364}}
     d, e = run_folder(tmp_path, "qa1", qa), run_folder(tmp_path, "qa2", {**qa, "eval": {**qa["eval"], "total": 400}})
     expect_error(["compare", d, e], "364", "400")  # QA runs say how many questions they were scored on
+
+
+def test_runs_scored_on_different_examples_of_one_size_are_refused(tmp_path):
+    a = run_folder(tmp_path, "a", {**trained(0.85, 872), "data": {"eval_sha256": "a" * 64}})
+    b = run_folder(tmp_path, "b", {**trained(0.86, 872), "data": {"eval_sha256": "b" * 64}})
+    c = run_folder(tmp_path, "c", {**trained(0.84, 872), "data": {"eval_sha256": "a" * 64}})
+    expect_error(["compare", a, b], "different evaluation examples of the same size", "aaaaaaaaaaaa", "bbbbbbbbbbbb")
+    assert invoke("compare", a, c)[0] == 0
+    code, output = invoke("compare", a, b, "--allow-mixed-eval")
+    assert code == 0 and "do not compare" in output

@@ -11,6 +11,7 @@ import pytest
 from tlscale.data import build_classification_data, read_table
 from tlscale.data.batching import collate, length_grouped_batches, tokenize
 from tlscale.data.classification import read_examples
+from tlscale.errors import DataError
 from tlscale.spec.schema import DataSpec
 
 ROWS = [{"text": f"review number {i} " + "good " * (i % 5), "label": ["neg", "pos", "mixed"][i % 3]} for i in range(30)]
@@ -113,3 +114,28 @@ def test_collate_pads_dynamically(tmp_path):
     assert batch["input_ids"].shape == (1, 3)  # [CLS] short [SEP], no padding to max_length
     batch = collate(encoded, [0, 1], tokenizer.pad_token_id)
     assert batch["input_ids"].shape == (2, 6) and batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_per_class_draws_a_label_budget_from_one_pool_by_the_run_seed(data_file):
+    def draw(run_seed, **options):
+        return build_classification_data(DataSpec(train_file=data_file, eval_file=data_file, **options), run_seed)
+
+    a, again, other = draw(1, per_class=3), draw(1, per_class=3), draw(2, per_class=3)
+    assert Counter(a.train.labels) == {0: 3, 1: 3, 2: 3} and a.train.texts == again.train.texts
+    assert other.train.texts != a.train.texts and len(a.eval) == 30  # the evaluation set is untouched
+    # data.seed fixes the pool (limit) while the run's seed draws from it: seeds of a ladder share one pool
+    pooled = [draw(s, limit=20, seed=7, per_class=2) for s in (1, 2)]
+    pool = set(draw(0, limit=20, seed=7).train.texts)
+    assert all(set(d.train.texts) <= pool for d in pooled) and pooled[0].train.texts != pooled[1].train.texts
+    with pytest.raises(DataError, match="class 0 has 10 training examples; a draw of 11 per class needs 11"):
+        draw(1, per_class=11)
+
+
+def test_the_eval_fingerprint_names_the_examples_not_just_their_number(data_file):
+    from tlscale.data.classification import fingerprint
+
+    a = build_classification_data(DataSpec(train_file=data_file, eval_file=data_file, eval_limit=10), seed=1)
+    b = build_classification_data(DataSpec(train_file=data_file, eval_file=data_file, eval_limit=10), seed=2)
+    assert len(a.eval) == len(b.eval) == 10
+    assert fingerprint(a.eval, a.label_names) == fingerprint(a.eval, a.label_names) != fingerprint(b.eval,
+                                                                                                     b.label_names)

@@ -76,9 +76,14 @@ def validate(spec: SpecArg, overrides: Overrides = None,
     job = _load(spec, overrides)  # first, before torch and transformers load: a typo comes back in about a second
     from tlscale.run_folder import check_output_dir
 
-    check_output_dir(job.output_dir)  # a file, the current directory, a folder of the user's files: refused
+    if job.ladder is None:
+        check_output_dir(job.output_dir)  # a file, the current directory, a folder of the user's files: refused
+    else:
+        from tlscale.ladder import check_ladder_folder
+
+        check_ladder_folder(job.output_dir)
     data = None
-    if job.fewshot:
+    if job.fewshot and job.ladder is None:
         from tlscale.models import resolve_model_path
 
         resolve_model_path(job.model.name_or_path)
@@ -96,6 +101,10 @@ def validate(spec: SpecArg, overrides: Overrides = None,
 
             raise type(exc)(locate_messages(spec, exc.messages, overrides or [])) from None
     what = f"fewshot {job.fewshot.method}" if job.fewshot else f"strategy {job.strategy.name}"
+    if job.ladder is not None:
+        from tlscale.ladder.cells import plan, read_pool
+
+        what = f"ladder of {len(plan(job, read_pool(job), job.output_dir))} cells"
     summary = f"{spec}: valid ({job.task}, {what})"
     if data is not None:
         summary += f"; {len(data.train)} train / {len(data.eval)} eval inputs"
@@ -159,6 +168,27 @@ def fewshot(spec: SpecArg, overrides: Overrides = None,
     metrics = run_fewshot(job, overwrite=overwrite, log=lambda line: err.print(line, highlight=False))
     Console(width=max(out.width, 100), highlight=False).print(results_table(metrics))
     out.print(f"-> {job.output_dir / 'metrics.json'}")
+
+
+@app.command()
+@user_errors
+def ladder(spec: SpecArg, overrides: Overrides = None):
+    """Methods x label budgets x seeds on one dataset (the spec's ladder section): one table, two pictures and
+    the cheapest method near the best at each budget. Rerun to resume; finished cells are kept."""
+    from tlscale.ladder import run_ladder
+    from tlscale.ladder.report import rich_table
+
+    job = _load(spec, overrides)
+    result = run_ladder(job, log=lambda line: err.print(line, highlight=False, markup=False))
+    Console(width=max(out.width, 120), highlight=False).print(rich_table(result["rows"], result["metric"]))
+    out.print(escape(result["eval_line"]))
+    out.print(escape(result["recommendation"]))
+    folder = result["folder"]
+    out.print(f"-> {folder / 'ladder.md'}, {folder / 'learning-curve.png'}, {folder / 'cost-quality.png'}")
+    if result["failed"]:
+        err.print(f"[bold red]error:[/] {result['failed']} cell(s) failed; their logs are named in "
+                  f"{folder / 'ladder.md'}. Run the command again to retry them", markup=True)
+        raise typer.Exit(1)
 
 
 @app.command()

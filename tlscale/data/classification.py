@@ -1,6 +1,8 @@
 """Text classification data: columns -> checked examples -> label ids -> tokens."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -148,6 +150,29 @@ def sample(examples: Examples, limit: int | None, seed: int) -> Examples:
     return examples.subset(sorted(random.Random(seed).sample(range(len(examples)), limit)))
 
 
+def draw_per_class(labels: list[int], per_class: int, seed: int, source: str) -> list[int]:
+    """per_class indices of each class, seeded; an error names a class that has too few."""
+    rng = random.Random(seed)
+    chosen = []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        if len(members) < per_class:
+            raise DataError(f"{source}: class {label} has {len(members)} training examples; a draw of "
+                            f"{per_class} per class needs {per_class}")
+        chosen.extend(rng.sample(members, per_class))
+    return sorted(chosen)
+
+
+def fingerprint(examples: Examples, label_names: list[str]) -> str:
+    """SHA-256 of the (text, pair, label) rows in order: runs whose evaluation sets share it were scored on the
+    same examples, which equal sizes alone do not prove."""
+    digest = hashlib.sha256()
+    pairs = examples.pairs or [None] * len(examples)
+    for text, pair, label in zip(examples.texts, pairs, examples.labels):
+        digest.update(json.dumps([text, pair, label_names[label] if label >= 0 else None]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
     rng = random.Random(seed)
     by_label: dict[int, list[int]] = {}
@@ -184,10 +209,13 @@ def build_classification_data(spec: DataSpec, seed: int) -> ClassificationData:
     if spec.eval_file is not None:
         eval_examples = read_examples(spec.eval_file, spec)
         encode_labels(eval_examples, names, declared=bool(spec.labels))
-    train = sample(train, spec.limit, seed)
+    pool_seed = seed if spec.seed is None else spec.seed
+    train = sample(train, spec.limit, pool_seed)
     if spec.limit is not None:
         require_two_classes(train, names, spec.train_file, sampled=True)
     if spec.eval_file is None:
-        train, eval_examples = stratified_split(train, spec.eval_fraction, seed)
-    eval_examples = sample(eval_examples, spec.eval_limit, seed)
+        train, eval_examples = stratified_split(train, spec.eval_fraction, pool_seed)
+    eval_examples = sample(eval_examples, spec.eval_limit, pool_seed)
+    if spec.per_class is not None:  # the label budget, drawn with the run's seed from the (shared) pool
+        train = train.subset(draw_per_class(train.labels, spec.per_class, seed, f"data.per_class: {spec.train_file}"))
     return ClassificationData(names, train, eval_examples)

@@ -162,6 +162,17 @@ class QuestionSplit:
     skipped_misaligned: list[str] = field(default_factory=list)  # ids left out of training
 
 
+def fingerprint(questions: list[Question]) -> str:
+    """SHA-256 of the questions in order (id, question, context, answers): the same evaluation set, proven."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for q in questions:
+        digest.update(json.dumps([q.id, q.question, q.context, q.answers]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def split_by_article(questions: list[Question], train_articles: int) -> tuple[list[Question], list[Question]]:
     """First train_articles articles for training, the rest for evaluation: never split by question,
     or paragraphs of one article would sit on both sides."""

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 
 import numpy as np
 import torch
 
+from tlscale.data.classification import draw_per_class
 from tlscale.errors import require
 from tlscale.fewshot.methods import METHODS, ClassificationMethod, SeedResult
-from tlscale.fewshot.selection import draw_per_class
 
 HEAD_C = (0.1, 1.0, 10.0, 100.0)
 DESCRIPTION_SCALE = 5.0  # one similarity column per label beside hundreds of embedding columns
+ZERO_SHOT_TEMPERATURE = 0.05
 
 
 class EncoderBaseline(ClassificationMethod):
@@ -39,6 +41,7 @@ class EncoderBaseline(ClassificationMethod):
         separator = f" {self.encoder.tokenizer.sep_token or '|'} "
         self.train_texts = self._texts(self.data.train, separator)
         self.eval_texts = self._texts(self.data.eval, separator)
+        self.embed(self.encoder, self.eval_texts[:8])  # warm-up: the timings below are the work, not first calls
 
     @staticmethod
     def _texts(examples, separator: str) -> list[str]:
@@ -48,6 +51,10 @@ class EncoderBaseline(ClassificationMethod):
 
     def training_set(self, seed: int) -> list[int]:
         return draw_per_class(self.data.train.labels, self.fewshot.k, seed, str(self.spec.data.train_file))
+
+    def timed_embed(self, model, texts: list[str]) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        return self.embed(model, texts), time.perf_counter() - started
 
     def embed(self, model, texts: list[str]) -> np.ndarray:
         return model.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=False,
@@ -69,6 +76,7 @@ class EncoderBaseline(ClassificationMethod):
             train_vectors, eval_vectors = (np.hstack([v, DESCRIPTION_SCALE * v @ contrasts])
                                            for v in (train_vectors, eval_vectors))
         head, c = fit_head(train_vectors, labels, seed)
+        self.head_params = int(head.coef_.size + head.intercept_.size)
         probs = np.zeros((len(eval_vectors), len(self.label_names)))
         probs[:, head.classes_] = head.predict_proba(eval_vectors)
         return torch.tensor(probs, dtype=torch.float), c
@@ -80,14 +88,35 @@ class LinearProbe(EncoderBaseline):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.eval_vectors = self.embed(self.encoder, self.eval_texts)
+        self.eval_vectors, self.eval_embed_s = self.timed_embed(self.encoder, self.eval_texts)
 
     def run(self, seed: int) -> SeedResult:
+        started = time.perf_counter()
         chosen = self.training_set(seed)
         labels = [self.data.train.labels[i] for i in chosen]
         vectors = self.embed(self.encoder, [self.train_texts[i] for i in chosen])
         probs, c = self.predict(self.encoder, vectors, labels, self.eval_vectors, seed)
-        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen)})
+        train_s = time.perf_counter() - started  # (the head's predictions on the cached vectors: milliseconds)
+        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen),
+                                           "trainable_params": self.head_params, "train_seconds": round(train_s, 3),
+                                           "predict_seconds": round(self.eval_embed_s, 3)})
+        return SeedResult(metrics, rows)
+
+
+@METHODS.register("zero_shot")
+class ZeroShot(EncoderBaseline):
+    """No labelled examples: each input takes the label whose description (fewshot.verbalizer phrases, their
+    mean embedding) is nearest. Probabilities are a softmax of the cosine similarities at temperature
+    ZERO_SHOT_TEMPERATURE (a fixed choice: without labels nothing can calibrate it, so read its ECE with care)."""
+
+    def run(self, seed: int) -> SeedResult:
+        started = time.perf_counter()
+        described = self.label_descriptions(self.encoder)
+        described = described / np.linalg.norm(described, axis=1, keepdims=True)
+        vectors = self.embed(self.encoder, self.eval_texts)
+        probs = torch.softmax(torch.tensor(vectors @ described.T, dtype=torch.float) / ZERO_SHOT_TEMPERATURE, dim=1)
+        metrics, rows = self.score(probs, {"train_examples": 0, "trainable_params": 0, "train_seconds": 0.0,
+                                           "predict_seconds": round(time.perf_counter() - started, 3)})
         return SeedResult(metrics, rows)
 
 
@@ -100,11 +129,18 @@ class SetFit(EncoderBaseline):
         chosen = self.training_set(seed)
         texts = [self.train_texts[i] for i in chosen]
         labels = [self.data.train.labels[i] for i in chosen]
+        started = time.perf_counter()
         model = copy.deepcopy(self.encoder)
         steps, first_loss, final_loss = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
-        probs, c = self.predict(model, self.embed(model, texts), labels, self.embed(model, self.eval_texts), seed)
+        train_vectors = self.embed(model, texts)
+        train_s = time.perf_counter() - started
+        eval_vectors, predict_s = self.timed_embed(model, self.eval_texts)
+        probs, c = self.predict(model, train_vectors, labels, eval_vectors, seed)
         metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen), "pair_steps": steps,
-                                           "first_pair_loss": first_loss, "final_pair_loss": final_loss})
+                                           "first_pair_loss": first_loss, "final_pair_loss": final_loss,
+                                           "trainable_params": self.head_params + sum(
+                                               p.numel() for p in model.parameters() if p.requires_grad),
+                                           "train_seconds": round(train_s, 3), "predict_seconds": round(predict_s, 3)})
         return SeedResult(metrics, rows)
 
 

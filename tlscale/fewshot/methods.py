@@ -51,14 +51,14 @@ class ClassificationMethod:
     """Reads the classification data once: demonstrations and training sets come from data.train only."""
 
     def __init__(self, spec):
-        from tlscale.data.classification import build_classification_data
+        from tlscale.data.classification import build_classification_data, fingerprint
 
         self.spec, self.fewshot = spec, spec.fewshot
         self.data = build_classification_data(spec.data, spec.seed)
         self.label_names = self.data.label_names
         self.gold = torch.tensor(self.data.eval.labels)
         self.data_notes = {"train_examples": len(self.data.train), "eval_examples": len(self.data.eval),
-                           "labels": self.label_names}
+                           "labels": self.label_names, "eval_sha256": fingerprint(self.data.eval, self.label_names)}
 
     def score(self, probs: torch.Tensor, extra: dict | None = None) -> tuple[dict, list[dict]]:
         from tlscale.eval import classification_metrics
@@ -166,12 +166,13 @@ class PromptQA(Prompting):
     to a stop string, scored with the shared SQuAD metric."""
 
     def __init__(self, spec):
+        from tlscale.data.qa import fingerprint
         from tlscale.tasks.extractive_qa import question_split
 
         self.spec, self.fewshot = spec, spec.fewshot
         self.train, self.held_out, skipped = question_split(spec)
         self.data_notes = {"train_questions": len(self.train), "eval_questions": len(self.held_out),
-                           "skipped_misaligned": len(skipped)}
+                           "skipped_misaligned": len(skipped), "eval_sha256": fingerprint(self.held_out)}
         self.load(spec)
 
     @staticmethod

@@ -7,24 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
+from tlscale.data.classification import draw_per_class
 from tlscale.errors import DataError
 from tlscale.registry import Registry
 
 SELECTIONS: Registry[type] = Registry("fewshot selection")
 KNN_DEFAULT_POOL = 16
-
-
-def draw_per_class(labels: list[int], per_class: int, seed: int, source: str) -> list[int]:
-    """per_class indices of each class, seeded; an error names a class that has too few."""
-    rng = random.Random(seed)
-    chosen = []
-    for label in sorted(set(labels)):
-        members = [i for i, y in enumerate(labels) if y == label]
-        if len(members) < per_class:
-            raise DataError(f"{source}: class {label} has {len(members)} training examples; the few-shot draw "
-                            f"needs {per_class} per class")
-        chosen.extend(rng.sample(members, per_class))
-    return sorted(chosen)
 
 
 @dataclass

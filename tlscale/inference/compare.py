@@ -36,9 +36,16 @@ def eval_size(metrics: dict) -> int | None:
     return None
 
 
+def eval_fingerprint(metrics: dict) -> str | None:
+    """SHA-256 of the evaluation examples (tlscale writes it under data.eval_sha256); None for older runs."""
+    data = metrics.get("data")
+    return data.get("eval_sha256") if isinstance(data, dict) else None
+
+
 def compare_table(paths: list[Path], allow_mixed_eval: bool = False):
-    """The runs' headline figures side by side. Runs scored on evaluation sets of different sizes are refused
-    (their figures do not compare) unless allow_mixed_eval, which shows them under a warning."""
+    """The runs' headline figures side by side. Runs scored on different evaluation sets (sizes, or the
+    fingerprints of their examples) are refused, since their figures do not compare, unless allow_mixed_eval,
+    which shows them under a warning."""
     from rich.table import Table
 
     runs = [(path, load_run(path)) for path in paths]
@@ -46,12 +53,20 @@ def compare_table(paths: list[Path], allow_mixed_eval: bool = False):
     if len(tasks) > 1:
         raise ConfigError(f"RUN: the runs are of different tasks {sorted(tasks)}; compare runs of one task")
     sizes = [eval_size(metrics) for _, metrics in runs]
+    prints = [eval_fingerprint(metrics) for _, metrics in runs]
     mixed = len({size for size in sizes if size is not None}) > 1
     if mixed and not allow_mixed_eval:
         scored = ", ".join(f"{path}: {size if size is not None else '?'}" for (path, _), size in zip(runs, sizes))
         raise ConfigError(f"RUN: the runs were scored on evaluation sets of different sizes ({scored}), so their "
                           "figures do not compare; evaluate them on one set (`tlscale eval`), or pass "
                           "--allow-mixed-eval to see them side by side anyway")
+    if len({p for p in prints if p is not None}) > 1:
+        mixed = True
+        if not allow_mixed_eval:
+            scored = ", ".join(f"{path}: {p[:12] if p else '?'}" for (path, _), p in zip(runs, prints))
+            raise ConfigError(f"RUN: the runs were scored on different evaluation examples of the same size "
+                              f"(fingerprints {scored}), so their figures do not compare; evaluate them on one "
+                              "set (`tlscale eval`), or pass --allow-mixed-eval to see them side by side anyway")
     from tlscale.tasks import TASKS
 
     task = tasks.pop()

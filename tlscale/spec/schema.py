@@ -46,7 +46,9 @@ def _scalar_types(annotation: Any, in_list: bool = False) -> set:
 # spec is checked against these tables of the built-in names until those modules are loaded (a test keeps the
 # tables equal to the registries).
 BUILTIN_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")  # tlscale.data.readers.READERS
-BUILTIN_FEWSHOT_METHODS = ("prompt", "linear_probe", "setfit")  # tlscale.fewshot.methods.METHODS
+BUILTIN_FEWSHOT_METHODS = ("prompt", "linear_probe", "setfit", "zero_shot")  # tlscale.fewshot.methods.METHODS
+BUILTIN_STRATEGIES = ("feature_extraction", "partial", "full", "gradual_unfreeze", "lora", "qlora")
+LADDER_FEWSHOT_METHODS = ("zero_shot", "prompt", "linear_probe", "setfit")  # the ladder's methods without training
 BUILTIN_SELECTIONS = ("random", "balanced", "knn")  # tlscale.fewshot.selection.SELECTIONS
 
 
@@ -145,6 +147,11 @@ class DataSpec(Section):
     )
     limit: PositiveInt | None = Field(None, description="Seeded random sample of this many training rows.")
     eval_limit: PositiveInt | None = Field(None, description="Evaluate on a seeded sample of this many examples.")
+    per_class: PositiveInt | None = Field(
+        None, description="Train on a draw of this many examples per class (after limit), seeded by the spec's "
+        "seed: a label budget (the ladder's labels per class). Classification only.")
+    seed: int | None = Field(None, description="Seed of limit, eval_limit and the held-out split (default: the "
+                             "spec's seed), so runs of several seeds can draw their per_class budgets from one pool.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share when eval_file is absent.")
 
     @field_validator("labels")
@@ -306,7 +313,8 @@ class FewshotSpec(Section):
 
     method: registered("tlscale.fewshot.methods", "METHODS", "fewshot method", BUILTIN_FEWSHOT_METHODS) = Field(
         "prompt", description="prompt: log-likelihood of label words (classification) or generation (extractive_qa) "
-        "with a causal LM. linear_probe / setfit: an encoder (model.name_or_path) trained on k per class.")
+        "with a causal LM. linear_probe / setfit: an encoder (model.name_or_path) trained on k per class. zero_shot: "
+        "the encoder's nearest label description (fewshot.verbalizer), no labelled examples.")
     k: int = Field(4, ge=0, description="prompt: demonstrations in each prompt (0 = zero-shot). Encoder "
                    "baselines: labelled examples per class.")
     k_per: Literal["class", "total"] = Field("class", description="prompt: k demonstrations per class, or in total.")
@@ -394,6 +402,85 @@ def _value_error(loc: tuple, message: str, value: Any) -> dict:
     return {"type": PydanticCustomError("value_error", message), "loc": loc, "input": value}  # no context: braces stay
 
 
+class LadderMethod(Section):
+    """One method of the ladder, with the overrides that make its recipe."""
+
+    name: str = Field(description="zero_shot | prompt | linear_probe | setfit (few-shot, no training loop) or a "
+                      "strategy (feature_extraction, partial, full, gradual_unfreeze, lora, qlora, or your own).")
+    label: str | None = Field(None, description="Its name in the table and plots (default: name); needed when "
+                              "two entries share a name.")
+    overrides: list[str] = Field([], description="Dotted KEY=VALUE overrides of the spec for this method's "
+                                 "cells, e.g. training.lr=5e-4 or strategy.r=16.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        strategies = _registry("tlscale.strategies", "STRATEGIES")
+        known = (*LADDER_FEWSHOT_METHODS, *(strategies.names() if strategies is not None else BUILTIN_STRATEGIES))
+        if name not in known:
+            from tlscale.errors import did_you_mean
+
+            raise ValueError(f"unknown ladder method '{name}'.{did_you_mean(name, known)} Available: "
+                             f"{', '.join(known)}")
+        return name
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
+
+
+class LadderSpec(Section):
+    """`tlscale ladder SPEC`: one dataset, methods x label budgets x seeds, every cell a run of its own scored
+    on the spec's one evaluation set. The spec's other sections are the cells' shared recipe; its fewshot
+    section (if any) gives the few-shot cells' options (verbalizer, template, setfit)."""
+
+    methods: list[LadderMethod] = Field(
+        min_length=1, description="Methods in table order: names (full, lora, setfit, ...), or {name, label, "
+        "overrides} entries.")
+    budgets: list[PositiveInt | Literal["all"]] = Field(
+        [8, 16, 32, 64, 256, "all"], min_length=1, description="Labelled examples per class each cell trains on "
+        "(drawn with the cell's seed); all: the whole training pool (data.limit rows if set).")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, description="Seeds per cell: the draw of the labelled "
+                              "examples and the training randomness.")
+    metric: str | None = Field(None, description="The figure the table, plots and recommendation use (default: "
+                               "the task's first headline metric, accuracy for classification).")
+    min_steps: PositiveInt = Field(50, description="Training cells take at least this many optimizer steps "
+                                   "(more epochs on small budgets): 8 examples per class are one step per epoch.")
+    prompt_model: str | None = Field(None, description="A causal LM for zero_shot and prompt cells (zero_shot "
+                                     "without one: label descriptions with the encoder, fewshot.verbalizer).")
+    prompt_k: PositiveInt = Field(4, description="prompt cells: demonstrations per class in each prompt (at most "
+                                  "the budget), nearest neighbours from the cell's labelled examples.")
+    runner: Literal["local", "ray"] = Field("local", description="local: cells one after another in "
+                                            "subprocesses. ray: cells as Ray tasks spread over a cluster's nodes.")
+    address: str | None = Field(None, description="runner ray: the cluster (ray://HOST:10001 or auto; default: "
+                                "RAY_ADDRESS, else a local Ray). The ladder folder and data must be at the same "
+                                "path on every node.")
+    cpus_per_cell: PositiveInt = Field(1, description="runner ray: CPUs (and torch threads) each cell reserves.")
+    retries: int = Field(1, ge=0, le=10, description="A failed cell (not a user error) runs again this many "
+                         "times before it is reported as failed.")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_are_entries(cls, methods: Any) -> Any:
+        return [{"name": m} if isinstance(m, str) else m for m in methods] if isinstance(methods, list) else methods
+
+    @property
+    def entries(self) -> list[LadderMethod]:
+        return list(self.methods)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LadderSpec:
+        shown = [m.shown for m in self.entries]
+        twice = sorted({name for name in shown if shown.count(name) > 1})
+        if twice:
+            raise ValueError(f"methods: {twice} appear twice; give each entry its own label")
+        if len(set(map(str, self.budgets))) != len(self.budgets) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("budgets and seeds: expected each value once")
+        if "prompt" in [m.name for m in self.entries] and self.prompt_model is None:
+            raise ValueError("methods: 'prompt' needs ladder.prompt_model (a causal LM)")
+        return self
+
+
 class JobSpec(Section):
     """The job. Besides these fields, the task's own section (`qa:` for extractive_qa, `lm:` for causal_lm, or a
     plugin task's) is validated with the options model the task declares and read as `spec.<key>`."""
@@ -415,6 +502,7 @@ class JobSpec(Section):
     distributed: DistributedSpec = Field(DistributedSpec(), description="Processes and backend: none, DDP or DeepSpeed ZeRO.")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="runner ray: workers, CPUs/GPUs and fault tolerance.")
     fewshot: FewshotSpec | None = Field(None, description="`tlscale fewshot SPEC`: prompting and encoder baselines.")
+    ladder: LadderSpec | None = Field(None, description="`tlscale ladder SPEC`: methods x label budgets x seeds.")
 
     @field_validator("task")
     @classmethod
@@ -497,10 +585,13 @@ class JobSpec(Section):
             raise ValueError(f"fewshot.method: '{fewshot.method}' classifies; extractive_qa supports 'prompt'")
         if self.task == "extractive_qa" and fewshot.selection == "balanced":
             raise ValueError("fewshot.selection: 'balanced' needs classes; use random or knn for extractive_qa")
-        if fewshot.method != "prompt" and fewshot.k < 1:
+        if fewshot.method == "zero_shot" and fewshot.verbalizer is None:
+            raise ValueError("fewshot.verbalizer: zero_shot compares each input to descriptions of the labels; give "
+                             "phrases per label, e.g. {negative: ['a bad film'], positive: ['a good film']}")
+        if fewshot.method not in ("prompt", "zero_shot") and fewshot.k < 1:
             raise ValueError(f"fewshot.k: {fewshot.method} trains on k examples per class; expected k >= 1, "
                              f"found {fewshot.k}")
-        if fewshot.method != "prompt" and fewshot.k_per != "class":
+        if fewshot.method not in ("prompt", "zero_shot") and fewshot.k_per != "class":
             raise ValueError(f"fewshot.k_per: {fewshot.method} takes k examples per class; found 'total'")
         if self.fewshot.verbalizer is not None and self.data.labels is not None:
             missing = [label for label in self.data.labels if label not in fewshot.verbalizer]
@@ -509,6 +600,19 @@ class JobSpec(Section):
                 raise ValueError(f"fewshot.verbalizer: expected a word for each of data.labels {self.data.labels}; "
                                  + (f"missing {missing}" if missing else "") + (" " if missing and extra else "")
                                  + (f"unknown {extra}" if extra else ""))
+
+    @model_validator(mode="after")
+    def _budgets_fit_task(self) -> JobSpec:
+        if self.task != "text_classification":
+            if self.data.per_class is not None:
+                raise ValueError(f"data.per_class: a budget per class needs classes; task '{self.task}' has none")
+            if self.ladder is not None:
+                raise ValueError(f"ladder: label budgets per class need task text_classification, found '{self.task}'")
+        if self.ladder is not None and "zero_shot" in [m.name for m in self.ladder.entries] and (
+                self.ladder.prompt_model is None and (self.fewshot is None or self.fewshot.verbalizer is None)):
+            raise ValueError("ladder.methods: zero_shot with an encoder compares inputs to label descriptions; give "
+                             "fewshot.verbalizer (phrases per label), or ladder.prompt_model to prompt a causal LM")
+        return self
 
     @model_validator(mode="after")
     def _runner_coherent(self) -> JobSpec:

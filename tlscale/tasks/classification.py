@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tlscale.data import build_classification_data, collate, sequential_batches, tokenize
+from tlscale.data.classification import fingerprint
 from tlscale.errors import ConfigError
 from tlscale.eval import (classification_metrics, plot_confusion_matrix, plot_reliability, reliability_bins,
                           write_predictions)
@@ -28,7 +29,8 @@ class TextClassification(Task):
         data = build_classification_data(spec.data, spec.seed)
         train = tokenize(data.train, tokenizer, spec.model.max_length)
         evaluation = tokenize(data.eval, tokenizer, spec.model.max_length)
-        return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval)
+        return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval,
+                        notes={"eval_sha256": fingerprint(data.eval, data.label_names)})
 
     def build_model(self, data: TaskData, load_options: dict):
         from tlscale.models import build_classifier

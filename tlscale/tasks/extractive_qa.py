@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, PositiveInt
 
 from tlscale.data.batching import sequential_batches
-from tlscale.data.qa import MAX_REPORTED, drop_misaligned, read_questions, split_by_article
+from tlscale.data.qa import MAX_REPORTED, drop_misaligned, fingerprint, read_questions, split_by_article
 from tlscale.data.qa_windows import make_windows
 from tlscale.errors import DataError
 from tlscale.eval.qa_evaluation import collate_windows, qa_metrics
@@ -86,7 +86,7 @@ class ExtractiveQA(Task):
         eval_windows = make_windows(held_out, tokenizer, max_length, qa.doc_stride)
         notes = {"train_questions": len(train), "eval_questions": len(held_out),
                  "train_windows": len(train_windows), "eval_windows": len(eval_windows),
-                 "skipped_misaligned": len(skipped), "skipped_ids": skipped[:20]}
+                 "skipped_misaligned": len(skipped), "skipped_ids": skipped[:20], "eval_sha256": fingerprint(held_out)}
         return TaskData(train_windows, eval_windows, None, 0, eval_items=held_out, notes=notes)
 
     def build_model(self, data: TaskData, load_options: dict):

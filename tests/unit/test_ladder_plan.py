@@ -1,0 +1,91 @@
+"""The ladder's plan: which cells a spec makes and the spec each cell runs (no training here), and the
+mistakes `tlscale validate` refuses with exit 2."""
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import write_spec
+from tests.unit.cli_checks import expect_error, invoke
+from tlscale.ladder.cells import plan, read_pool
+from tlscale.spec.schema import JobSpec
+
+
+def ladder_spec(tmp_path, train, dev, **ladder) -> dict:
+    return {"task": "text_classification", "seed": 42, "output_dir": str(tmp_path / "ladder"),
+            "model": {"name_or_path": "tiny:bert", "max_length": 48},
+            "data": {"train_file": str(train), "eval_file": str(dev), "text_column": "sentence",
+                     "label_column": "label", "labels": ["negative", "positive"], "limit": 120},
+            "strategy": {"name": "full", "head_lr": 2e-3},
+            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "eval_every_steps": 5, "tensorboard": False},
+            "fewshot": {"verbalizer": {"negative": ["a bad film"], "positive": ["a good film"]}},
+            "ladder": {"methods": ["zero_shot", "linear_probe", "full",
+                                   {"name": "lora", "label": "lora r4", "overrides": ["strategy.r=4"]}],
+                       "budgets": [4, "all"], "seeds": [0, 1], "min_steps": 6, **ladder}}
+
+
+def test_the_plan_makes_one_cell_per_method_budget_and_seed(tmp_path, small_sst2):
+    spec = JobSpec.model_validate(ladder_spec(tmp_path, *small_sst2))
+    pool = read_pool(spec)
+    assert (pool.classes, pool.train_examples, pool.eval_examples) == (2, 120, 64)
+    cells = plan(spec, pool, tmp_path / "ladder")
+    assert [(c.method, c.budget, c.seed) for c in cells] == [
+        ("zero_shot", 0, 0), ("linear_probe", 4, 0), ("linear_probe", 4, 1),  # few-shot methods: no "all" cell
+        ("full", 4, 0), ("full", 4, 1), ("full", "all", 0), ("full", "all", 1),
+        ("lora r4", 4, 0), ("lora r4", 4, 1), ("lora r4", "all", 0), ("lora r4", "all", 1)]
+    by = {(c.method, c.budget, c.seed): c.spec for c in cells}
+    small, whole = by[("full", 4, 1)], by[("full", "all", 1)]
+    assert small["seed"] == 1 and small["data"]["seed"] == 42  # the run's seed draws, the spec's picks the pool
+    assert small["data"]["per_class"] == 4 and whole["data"]["per_class"] is None
+    assert small["training"]["epochs"] == 6 and whole["training"]["epochs"] == 1  # 1 step per epoch; 15 per epoch
+    assert small["training"]["eval_every_steps"] is None and small["training"]["keep_best"] is False
+    assert small["strategy"] == {"name": "full", "layer_lr_decay": None, "head_lr": 2e-3}
+    assert by[("lora r4", 4, 0)]["strategy"]["r"] == 4 and "fewshot" not in small
+    probe, zero = by[("linear_probe", 4, 1)], by[("zero_shot", 0, 0)]
+    assert probe["fewshot"]["method"] == "linear_probe" and probe["fewshot"]["k"] == 4
+    assert probe["fewshot"]["seeds"] == [1] and probe["seed"] == 42
+    assert zero["fewshot"]["method"] == "zero_shot" and zero["fewshot"]["verbalizer"]["positive"] == ["a good film"]
+    assert len({str(c.folder) for c in cells}) == len(cells)
+    assert all(c.spec["output_dir"] == str(c.folder / "run") for c in cells)
+
+
+def test_prompt_cells_use_the_causal_lm_and_draw_demonstrations_from_the_budget(tmp_path, small_sst2):
+    spec = JobSpec.model_validate(ladder_spec(tmp_path, *small_sst2, methods=["zero_shot", "prompt"],
+                                              prompt_model="tiny:gpt2", prompt_k=2, budgets=[4, 8]))
+    cells = plan(spec, read_pool(spec), tmp_path / "ladder")
+    zero, prompt8 = cells[0].spec, cells[-1].spec
+    assert zero["model"]["name_or_path"] == "tiny:gpt2" and zero["fewshot"]["method"] == "prompt"
+    assert zero["fewshot"]["k"] == 0
+    assert prompt8["fewshot"]["k"] == 2 and prompt8["fewshot"]["pool_per_class"] == 8
+    assert prompt8["fewshot"]["selection"] == "knn"
+
+
+@pytest.mark.parametrize("change, fragments", [
+    ({"methods": ["prompt"]}, ["ladder.prompt_model"]),
+    ({"methods": ["full", "full"]}, ["['full'] appear twice", "label"]),
+    ({"methods": ["ful"]}, ["unknown ladder method 'ful'", "full"]),
+    ({"budgets": [4, 0]}, ["ladder.budgets.1"]),
+    ({"budgets": [4, 200]}, ["[200] labelled examples per class", "smallest class has"]),
+    ({"methods": [{"name": "lora", "overrides": ["strategy.r=-1"]}]}, ["ladder.methods[0] (lora)", "strategy.r"]),
+])
+def test_ladder_mistakes_exit_2_naming_the_field(tmp_path, small_sst2, change, fragments):
+    raw = ladder_spec(tmp_path, *small_sst2)
+    raw["ladder"].update(change)
+    expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], *fragments)
+
+
+def test_zero_shot_needs_label_descriptions_or_a_causal_lm(tmp_path, small_sst2):
+    raw = ladder_spec(tmp_path, *small_sst2)
+    del raw["fewshot"]
+    expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], "fewshot.verbalizer", "prompt_model")
+    raw["ladder"]["methods"] = ["full"]
+    code, output = invoke("validate", write_spec(tmp_path / "spec.yaml", raw))
+    assert code == 0 and "ladder of 4 cells" in output, output
+
+
+def test_a_ladder_never_takes_a_folder_of_other_files(tmp_path, small_sst2):
+    raw = ladder_spec(tmp_path, *small_sst2)
+    (tmp_path / "ladder").mkdir()
+    (tmp_path / "ladder" / "notes.txt").write_text("mine")
+    expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], "notes.txt", "ladder did not write")
+    expect_error(["ladder", write_spec(tmp_path / "spec.yaml", raw)], "notes.txt")
+    assert (tmp_path / "ladder" / "notes.txt").read_text() == "mine"

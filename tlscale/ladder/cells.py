@@ -1,0 +1,145 @@
+"""The ladder's cells: one run per method x label budget x seed, each a complete job spec of its own, written
+into the ladder folder so that a cell can be rerun, inspected or compared like any other run."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tlscale.errors import ConfigError
+from tlscale.spec.schema import LADDER_FEWSHOT_METHODS, JobSpec, LadderMethod, StrategySpec
+
+FEWSHOT_BUDGET_CAP = "all"  # few-shot methods train on k examples per class: they have no "whole pool" cell
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What the planner needs to know of the data: sizes and the majority-class baseline."""
+    classes: int
+    train_examples: int
+    smallest_class: int
+    eval_examples: int
+    majority: float  # accuracy of always answering the training pool's most frequent label
+
+
+@dataclass
+class Cell:
+    method: str  # its label in the table
+    name: str  # the method it runs
+    budget: int | str  # labelled examples per class, 0 for zero-shot, or "all"
+    seed: int
+    spec: dict
+    folder: Path
+
+    @property
+    def command(self) -> str:
+        return "fewshot" if self.name in LADDER_FEWSHOT_METHODS else "train"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.folder / "run"
+
+    @property
+    def spec_file(self) -> Path:
+        return self.folder / "spec.yaml"
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} k={self.budget} seed {self.seed}"
+
+    def done(self) -> bool:
+        """Finished, and with the spec planned now (a changed recipe runs again)."""
+        return ((self.run_dir / "metrics.json").is_file() and self.spec_file.is_file()
+                and yaml.safe_load(self.spec_file.read_text()) == self.spec)
+
+
+def read_pool(spec: JobSpec) -> Pool:
+    from collections import Counter
+
+    from tlscale.data.classification import build_classification_data
+
+    data = build_classification_data(spec.data, spec.seed)
+    counts = Counter(data.train.labels)
+    top = counts.most_common(1)[0][0]
+    return Pool(classes=len(data.label_names), train_examples=len(data.train), smallest_class=min(counts.values()),
+                eval_examples=len(data.eval),
+                majority=sum(1 for y in data.eval.labels if y == top) / max(1, len(data.eval)))
+
+
+def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
+    """Every cell of the ladder, in table order. A budget larger than the smallest class is an error."""
+    ladder = spec.ladder
+    too_big = [b for b in ladder.budgets if b != "all" and b > pool.smallest_class]
+    if too_big:
+        raise ConfigError(f"ladder.budgets: {too_big} labelled examples per class, but the training pool's smallest "
+                          f"class has {pool.smallest_class}; lower the budgets or raise data.limit")
+    base = spec.model_dump(mode="json", exclude={"ladder"})
+    cells = []
+    for index, entry in enumerate(ladder.entries):
+        folder = ladder_dir / "cells" / slug(entry.shown)
+        if entry.name == "zero_shot":
+            budgets, seeds = [0], ladder.seeds[:1]  # nothing is drawn: one cell
+        elif entry.name in LADDER_FEWSHOT_METHODS:
+            budgets, seeds = [b for b in ladder.budgets if b != FEWSHOT_BUDGET_CAP], ladder.seeds
+        else:
+            budgets, seeds = ladder.budgets, ladder.seeds
+        for budget in budgets:
+            for seed in seeds:
+                raw = cell_spec(base, spec, entry, budget, seed, pool)
+                where = folder / f"k{budget}" / f"seed{seed}"
+                raw["output_dir"] = str(where / "run")
+                _check(raw, f"ladder.methods[{index}] ({entry.shown})")
+                cells.append(Cell(entry.shown, entry.name, budget, seed, raw, where))
+    return cells
+
+
+def cell_spec(base: dict, spec: JobSpec, entry: LadderMethod, budget, seed: int, pool: Pool) -> dict:
+    from tlscale.spec.loading import apply_overrides
+
+    ladder = spec.ladder
+    raw = {k: v for k, v in base.items() if k not in ("fewshot", "strategy")}
+    raw["data"] = {**base["data"], "seed": spec.seed if spec.data.seed is None else spec.data.seed}  # one pool
+    if entry.name in LADDER_FEWSHOT_METHODS:
+        fewshot = dict(base.get("fewshot") or {})
+        fewshot["seeds"] = [seed]
+        if entry.name == "zero_shot" and ladder.prompt_model is None:
+            fewshot.update(method="zero_shot", k=0)
+        elif entry.name in ("zero_shot", "prompt"):
+            raw["model"] = {"name_or_path": ladder.prompt_model}
+            k = 0 if entry.name == "zero_shot" else min(ladder.prompt_k, budget)
+            fewshot.update(method="prompt", k=k, k_per="class", selection="knn" if k else "balanced",
+                           pool_per_class=budget if k else None)
+        else:
+            fewshot.update(method=entry.name, k=budget)
+        raw["fewshot"] = fewshot
+        return apply_overrides(raw, entry.overrides)
+    raw["seed"] = seed
+    raw["strategy"] = {k: v for k, v in base["strategy"].items() if k in StrategySpec.model_fields}
+    raw["strategy"]["name"] = entry.name
+    if budget != "all":
+        raw["data"]["per_class"] = budget
+    # the ladder reports its cells on the evaluation set: nothing may be chosen on it during training
+    raw["training"] = {**base["training"], "eval_every_steps": None, "keep_best": False}
+    raw = apply_overrides(raw, entry.overrides)
+    training = raw["training"]
+    examples = pool.train_examples if budget == "all" else budget * pool.classes
+    steps_per_epoch = math.ceil(examples / (training["batch_size"] * training.get("grad_accum_steps", 1)))
+    training["epochs"] = max(training["epochs"], math.ceil(ladder.min_steps / steps_per_epoch))
+    return raw
+
+
+def _check(raw: dict, where: str) -> None:
+    from pydantic import ValidationError
+
+    try:
+        JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        from tlscale.spec.loading import format_errors
+
+        raise ConfigError(format_errors(exc, where, {}, None, raw)) from None
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
