@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= dev
 STAMP   := $(VENV)/.installed-$(EXTRAS)
+WORKERS ?= 2
 
 .PHONY: setup demo test test-fast clean
 
@@ -22,11 +23,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tlscale train configs/sst2-minilm-full.yaml --overwrite
 
+# Two pytest workers (one thread each) for all but the multi-process tests; those then run alone, since ranks
+# waiting on each other in collectives slow down several times when other work shares the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs --durations=15
+	$(BIN)/python -m pytest -q -rs --durations=15 -n $(WORKERS) --dist loadfile -m "not distributed"
+	$(BIN)/python -m pytest -q -rs --durations=15 -m distributed
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(WORKERS) -m "not slow and not distributed"
 
 clean:
 	rm -rf $(VENV) runs

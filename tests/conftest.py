@@ -14,6 +14,11 @@ DATA = Path(os.environ.get("TLSCALE_DATA", ROOT.parent / "shared" / "data")).res
 os.environ["TLSCALE_DATA"] = str(DATA)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on this 2-core machine kind: one thread each (and each launched rank
+    # one), set before torch loads. Two processes each spinning two OpenMP threads on two cores run many times
+    # slower than one thread each (PLATFORM-NOTES).
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -54,3 +54,21 @@ def test_runs_scored_on_different_examples_of_one_size_are_refused(tmp_path):
     assert invoke("compare", a, c)[0] == 0
     code, output = invoke("compare", a, b, "--allow-mixed-eval")
     assert code == 0 and "do not compare" in output
+
+
+def test_compare_writes_csv_markdown_and_a_bar_chart_with_error_bars(tmp_path):
+    import csv
+
+    a = run_folder(tmp_path, "full", trained(0.85, 872))
+    b = run_folder(tmp_path, "setfit", fewshot(0.74, 872))
+    out = tmp_path / "report"
+    code, output = invoke("compare", a, b, "--output", out)
+    assert code == 0, output
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["accuracy"] for r in rows] == ["0.85", "0.74"] and rows[1]["accuracy_std"] == "0.02"
+    assert rows[0]["accuracy_std"] == "" and rows[0]["eval_n"] == "872"
+    table = (out / "compare.md").read_text()
+    assert "| eval n | accuracy |" in table and "0.7400 ± 0.0200" in table
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    (a / "spec.yaml").write_text("task: text_classification\n")  # a run folder as tlscale leaves one
+    expect_error(["compare", a, b, "--output", a], "--output")  # never into a run folder

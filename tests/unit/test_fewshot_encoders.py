@@ -55,3 +55,13 @@ def test_label_descriptions_add_one_contrast_per_label_but_the_first(tmp_path):
     assert described.shape[0] == 2  # the test spec's verbalizer: bad / good
     plain = encoder_method(tmp_path, "linear_probe", verbalizer=None)
     assert plain.label_descriptions(plain.encoder) is None
+
+
+def test_large_training_sets_choose_c_on_stratified_folds_not_one_fit_per_example():
+    from tlscale.fewshot.encoders import CV_FOLDS, _folds
+
+    labels = np.array([0] * 40 + [1] * 40)
+    folds = _folds(labels, seed=0)
+    assert len(folds) == CV_FOLDS and sorted(np.concatenate(folds).tolist()) == list(range(80))
+    assert all(sorted(labels[f].tolist()) == [0] * 5 + [1] * 5 for f in folds)
+    assert len(_folds(labels[:64], seed=0)) == 64  # leave-one-out up to 64 examples

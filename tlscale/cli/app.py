@@ -196,11 +196,18 @@ def ladder(spec: SpecArg, overrides: Overrides = None):
 def compare(runs: Annotated[list[Path], typer.Argument(help="Run folders (or their metrics.json).",
                                                         show_default=False)],
             allow_mixed_eval: Annotated[bool, typer.Option(
-                "--allow-mixed-eval", help="Show runs scored on evaluation sets of different sizes (flagged).")] = False):
+                "--allow-mixed-eval", help="Show runs scored on different evaluation sets (flagged).")] = False,
+            output: Annotated[Optional[Path], typer.Option(
+                "--output", "-o", help="Also write compare.csv, compare.md and compare.png (bar chart) here.")] = None):
     """Trained, prompted and probed runs of one task side by side (scored on one evaluation set)."""
-    from tlscale.inference.compare import compare_table
+    from tlscale.inference.compare import compare_runs, rich_table, write_comparison
 
-    Console(width=max(out.width, 160), highlight=False).print(compare_table(runs, allow_mixed_eval))
+    comparison = compare_runs(runs, allow_mixed_eval)
+    Console(width=max(out.width, 160), highlight=False).print(rich_table(comparison))
+    if output is not None:
+        from tlscale.run_folder import result_folder
+
+        out.print("-> " + ", ".join(str(p) for p in write_comparison(comparison, result_folder(output, "--output"))))
 
 
 @app.command("eval")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tlscale.errors import ConfigError
@@ -24,7 +25,8 @@ def load_run(path: Path) -> dict:
 def describe(metrics: dict) -> str:
     if "method" in metrics:  # a few-shot run
         shots = metrics["fewshot"]["k"]
-        return f"fewshot {metrics['method']} (k={shots}, {metrics['eval'].get('seeds', 1)} seeds)"
+        seeds = metrics["eval"].get("seeds", 1)
+        return f"fewshot {metrics['method']} (k={shots}, {seeds} seed{'s' if seeds != 1 else ''})"
     return f"trained: {metrics.get('strategy', '?')} ({metrics.get('train_examples', '?')} examples)"
 
 
@@ -42,12 +44,17 @@ def eval_fingerprint(metrics: dict) -> str | None:
     return data.get("eval_sha256") if isinstance(data, dict) else None
 
 
-def compare_table(paths: list[Path], allow_mixed_eval: bool = False):
+@dataclass
+class Comparison:
+    keys: tuple[str, ...]  # the task's headline metrics
+    rows: list[dict]  # run, model, how, eval_n, and per key: value and std (None when absent)
+    mixed: bool  # scored on different evaluation sets (only with allow_mixed_eval)
+
+
+def compare_runs(paths: list[Path], allow_mixed_eval: bool = False) -> Comparison:
     """The runs' headline figures side by side. Runs scored on different evaluation sets (sizes, or the
     fingerprints of their examples) are refused, since their figures do not compare, unless allow_mixed_eval,
-    which shows them under a warning."""
-    from rich.table import Table
-
+    which marks them."""
     runs = [(path, load_run(path)) for path in paths]
     tasks = {m["task"] for _, m in runs}
     if len(tasks) > 1:
@@ -71,13 +78,93 @@ def compare_table(paths: list[Path], allow_mixed_eval: bool = False):
 
     task = tasks.pop()
     keys = TASKS.get(task).headline_metrics if task in TASKS else ()
-    title = ("different evaluation sets: these figures do not compare" if mixed else None)
-    table = Table("run", "model", "how", "eval n", *keys, title=title, title_justify="left")
+    rows = []
     for (path, metrics), size in zip(runs, sizes):
-        cells = []
+        row = {"run": str(path), "model": str(metrics.get("model", "")), "how": describe(metrics), "eval_n": size}
         for key in keys:
-            value, spread = metrics["eval"].get(key), metrics["eval"].get(f"{key}_std")
-            cells.append("" if value is None else f"{value:.4f}" + (f" ± {spread:.4f}" if spread is not None else ""))
-        table.add_row(str(path), str(metrics.get("model", "")), describe(metrics),
-                      "?" if size is None else f"{size:,}", *cells)
+            row[key], row[f"{key}_std"] = metrics["eval"].get(key), metrics["eval"].get(f"{key}_std")
+        rows.append(row)
+    return Comparison(tuple(keys), rows, mixed)
+
+
+MIXED = "different evaluation sets: these figures do not compare"
+
+
+def _figure(row: dict, key: str) -> str:
+    value, spread = row[key], row[f"{key}_std"]
+    return "" if value is None else f"{value:.4f}" + (f" ± {spread:.4f}" if spread is not None else "")
+
+
+def rich_table(comparison: Comparison):
+    from rich.table import Table
+
+    table = Table("run", "model", "how", "eval n", *comparison.keys, title=MIXED if comparison.mixed else None,
+                  title_justify="left")
+    for row in comparison.rows:
+        table.add_row(row["run"], row["model"], row["how"], "?" if row["eval_n"] is None else f"{row['eval_n']:,}",
+                      *(_figure(row, key) for key in comparison.keys))
     return table
+
+
+def write_comparison(comparison: Comparison, folder: Path) -> list[Path]:
+    """compare.csv (every figure and std), compare.md (the table) and compare.png (the first headline metric
+    per run, with ±1 std error bars where the run has seeds)."""
+    import csv
+    import io
+
+    from tlscale.files import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = ["run", "model", "how", "eval_n", *(name for key in comparison.keys for name in (key, f"{key}_std"))]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(comparison.rows)
+    write_text_atomic(folder / "compare.csv", buffer.getvalue())
+    lines = ([f"**{MIXED}**", ""] if comparison.mixed else []) + [
+        "| run | model | how | eval n | " + " | ".join(comparison.keys) + " |",
+        "|---|---|---|---:|" + "---:|" * len(comparison.keys)]
+    for row in comparison.rows:
+        lines.append(f"| {row['run']} | {row['model']} | {row['how']} | {row['eval_n'] or '?'} | "
+                     + " | ".join(_figure(row, key) for key in comparison.keys) + " |")
+    write_text_atomic(folder / "compare.md", "\n".join(lines) + "\n")
+    written = [folder / "compare.csv", folder / "compare.md"]
+    if comparison.keys and any(row[comparison.keys[0]] is not None for row in comparison.rows):
+        plot_comparison(folder / "compare.png", comparison)
+        written.append(folder / "compare.png")
+    return written
+
+
+def plot_comparison(path: Path, comparison: Comparison) -> None:
+    from matplotlib.figure import Figure
+
+    key = comparison.keys[0]
+    rows = [r for r in comparison.rows if r[key] is not None]
+    fig = Figure(figsize=(9.0, 1.4 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    names = [f"{name}: {r['how']}" for name, r in zip(short_names([r["run"] for r in rows]), rows)]
+    ax.barh(range(len(rows)), [r[key] for r in rows], xerr=[r[f"{key}_std"] or 0.0 for r in rows],
+            color="#4c72b0", capsize=4, height=0.6)
+    for i, r in enumerate(rows):
+        ax.text(r[key], i, f"  {_figure(r, key)}", va="center", ha="left", fontsize=8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.invert_yaxis()
+    top = max(r[key] + (r[f"{key}_std"] or 0.0) for r in rows)
+    ax.set_xlim(0, top * 1.3 if top > 0 else 1)
+    sizes = {r["eval_n"] for r in rows}
+    ax.set_xlabel(f"{key} (error bars: ±1 std over seeds)")
+    ax.set_title(MIXED if comparison.mixed else f"{key} by run" + (
+        f", on the same {sizes.pop():,} evaluation examples" if len(sizes) == 1 and None not in sizes else ""))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """The fewest trailing path parts that tell the runs apart (ladder cells are all called 'run')."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return list(paths)

@@ -23,6 +23,7 @@ class Outcome:
     seconds: float
     peak_rss_mb: float
     attempts: int = 1
+    node: str | None = None  # the Ray node that ran it
 
 
 def cell_command(cell: Cell, changed: bool) -> list[str]:
@@ -67,6 +68,13 @@ def run_process(command: list[str], log_file: str, threads: int | None = None) -
     return process.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024  # KiB on Linux
 
 
+def run_on_node(command: list[str], log_file: str, threads: int) -> tuple[int, float, float, str]:
+    """run_process inside a Ray task, naming the node it ran on."""
+    import ray
+
+    return (*run_process(command, log_file, threads), ray.get_runtime_context().get_node_id())
+
+
 def run_local(cells: list[Cell], retries: int, report) -> dict[str, Outcome]:
     outcomes = {}
     for cell in cells:
@@ -91,7 +99,7 @@ def run_on_ray(cells: list[Cell], retries: int, report, address: str | None, cpu
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
                  logging_level="WARNING", configure_logging=False)
-    task = ray.remote(num_cpus=cpus, max_retries=0)(run_process)
+    task = ray.remote(num_cpus=cpus, max_retries=0)(run_on_node)
     pending, attempts, outcomes = {}, {cell.key: 0 for cell in cells}, {}
 
     def submit(cell: Cell) -> None:
@@ -104,11 +112,12 @@ def run_on_ray(cells: list[Cell], retries: int, report, address: str | None, cpu
         ready, _ = ray.wait(list(pending), num_returns=1)
         cell = pending.pop(ready[0])
         try:
-            code, seconds, peak = ray.get(ready[0])
+            code, seconds, peak, node = ray.get(ready[0])
         except Exception as exc:  # the task's node went away: an infrastructure failure
-            (cell.folder / "log.txt").open("a").write(f"\nray: {exc}\n")
-            code, seconds, peak = -1, 0.0, 0.0
-        outcome = Outcome(code, seconds, peak, attempts[cell.key])
+            with (cell.folder / "log.txt").open("a") as log:
+                log.write(f"\nray: {exc}\n")
+            code, seconds, peak, node = -1, 0.0, 0.0, None
+        outcome = Outcome(code, seconds, peak, attempts[cell.key], node)
         if code not in (0, USER_ERROR) and attempts[cell.key] <= retries:
             report(cell, outcome, retrying=True)
             submit(cell)
