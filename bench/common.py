@@ -21,7 +21,7 @@ def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_si
                  "text_column": "sentence", "label_column": "label", "labels": ["negative", "positive"],
                  "limit": rows},
         "strategy": strategy,
-        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "tensorboard": False,
+        "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "report_to": [],
                      "mixed_precision": mixed_precision,
                      "log_every_steps": 50, "keep_best": False},
     }

@@ -84,7 +84,7 @@ def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict) -> list[f
         "model": {"name_or_path": model, "max_length": 32},
         "data": {"train_file": str(DATA / "sst2" / "train.tsv"), "eval_file": str(DATA / "sst2" / "dev.tsv"),
                  "text_column": "sentence", "labels": ["negative", "positive"], "limit": 64, "eval_limit": 16},
-        "training": {"epochs": 1, "max_steps": 3, "batch_size": 8, "lr": 1e-4, "tensorboard": False,
+        "training": {"epochs": 1, "max_steps": 3, "batch_size": 8, "lr": 1e-4, "report_to": [],
                      "keep_best": False},
         "distributed": {**distributed, "num_processes": 2},
     }

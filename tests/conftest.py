@@ -46,7 +46,7 @@ def tiny_spec(output_dir: Path, train_file: Path, eval_file: Path | None = None,
         "data": {"train_file": str(train_file), "text_column": "sentence", "label_column": "label",
                  "labels": ["negative", "positive"]},
         "strategy": {"name": "full"},
-        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "log_every_steps": 2, "tensorboard": False},
+        "training": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "log_every_steps": 2, "report_to": []},
         "eval": {"batch_size": 32},
     }
     if eval_file is not None:

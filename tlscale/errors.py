@@ -38,7 +38,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 # Optional dependencies and the extra that installs each (pyproject.toml [project.optional-dependencies]).
 EXTRAS = {"peft": "lora", "bitsandbytes": "qlora", "deepspeed": "deepspeed", "ray": "ray",
           "sentence_transformers": "fewshot", "sklearn": "fewshot", "fastapi": "service", "uvicorn": "service",
-          "sqlalchemy": "service", "alembic": "service", "httpx": "service"}
+          "sqlalchemy": "service", "alembic": "service", "httpx": "service", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 def require(module: str, extra: str | None = None):

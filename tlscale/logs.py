@@ -83,6 +83,7 @@ def setup_entry_point(verbosity: int = 0, handler: logging.Handler | None = None
         # read by transformers and huggingface_hub when they load (workers inherit them)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not its database-setup notes on every run
         import warnings
 
         # deprecations inside the libraries we call (peft calling transformers' renamed methods, ...)

@@ -34,7 +34,7 @@ BOOKKEEPING = (LOCK, MARKER)
 RUN_FILES = (
     LOCK, MARKER, REPLACED, PENDING_METRICS, "spec.yaml", "metrics.json", "metrics.jsonl", "model", "model-adapter",
     "checkpoints", "eval", "predictions.jsonl", "predictions-seed*.jsonl", "prompts.jsonl", "generations.jsonl",
-    "confusion_matrix.png", "reliability.png", "learning_curve.png", "tensorboard", "ray", ".ray-run-id", "train.log", ".*.tmp", ".tmp-*", ".*.old", "*.tmp",
+    "confusion_matrix.png", "reliability.png", "learning_curve.png", "tensorboard", "mlflow.db", "mlruns", "wandb", "ray", ".ray-run-id", "train.log", ".*.tmp", ".tmp-*", ".*.old", "*.tmp",
 )
 
 

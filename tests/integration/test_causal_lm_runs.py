@@ -24,7 +24,7 @@ def lm_spec(tmp_path, arch: str, packing: bool, **sections) -> dict:
             "model": {"name_or_path": f"tiny:{arch}", "max_length": 64},
             "data": {"train_file": str(sft_file(tmp_path)), "eval_fraction": 0.2},
             "lm": {"packing": packing, "generations": 2, "max_new_tokens": 5},
-            "training": {"epochs": 3, "batch_size": 8, "lr": 3e-3, "log_every_steps": 3, "tensorboard": False}}
+            "training": {"epochs": 3, "batch_size": 8, "lr": 3e-3, "log_every_steps": 3, "report_to": []}}
     for name, values in sections.items():
         spec[name] = {**spec.get(name, {}), **values}
     return spec

@@ -109,7 +109,7 @@ def test_fuzzed_specs_and_data_exit_0_or_2_and_touch_nothing_else(tmp_path, sst2
         suffix, content = variants[cases % len(variants)] if cases < len(variants) else rng.choice(variants)
         (case / f"train{suffix}").write_bytes(content)
         base = tiny_spec(case / "run", case / f"train{suffix}", tmp_path / "dev.tsv",
-                         training={"epochs": 1, "max_steps": 3, "batch_size": 8, "tensorboard": False})
+                         training={"epochs": 1, "max_steps": 3, "batch_size": 8, "report_to": []})
         spec = base if cases < len(variants) else mutate(base, rng)
         path = case / "spec.yaml"
         path.write_text(json.dumps(spec, allow_nan=True))  # JSON is YAML; inf/nan as YAML reads them

@@ -18,7 +18,7 @@ def ladder_spec(tmp_path, train, dev) -> dict:
             "model": {"name_or_path": "tiny:bert", "max_length": 48},
             "data": {"train_file": str(train), "eval_file": str(dev), "text_column": "sentence",
                      "label_column": "label", "labels": ["negative", "positive"]},
-            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "tensorboard": False},
+            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "report_to": []},
             "ladder": {"methods": ["linear_probe", "full"], "budgets": [4, "all"], "seeds": [0, 1], "min_steps": 6}}
 
 

@@ -21,7 +21,7 @@ def qa_spec(output_dir, **sections) -> dict:
             "model": {"name_or_path": "tiny:bert", "max_length": 128},
             "data": {"train_file": str(XQUAD), "limit": 64, "eval_limit": 32},
             "qa": {"train_articles": 32, "doc_stride": 32},
-            "training": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "log_every_steps": 2, "tensorboard": False}}
+            "training": {"epochs": 1, "batch_size": 16, "lr": 2e-3, "log_every_steps": 2, "report_to": []}}
     for name, values in sections.items():
         spec[name] = {**spec.get(name, {}), **values}
     return spec

@@ -199,3 +199,29 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, spec, signal_n
     assert all(torch.equal(a[k], b[k]) for k in a)
     ref_metrics = json.loads((tmp_path / "ref" / "metrics.json").read_text())["eval"]
     assert json.loads((tmp_path / "victim" / "metrics.json").read_text())["eval"]["loss"] == ref_metrics["loss"]
+
+
+def test_report_to_tensorboard_mlflow_and_wandb_offline(tmp_path, spec, monkeypatch):
+    """The trackers users already run, through Accelerate's: each receives the losses and evaluations."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec["training"].update(report_to=["tensorboard", "mlflow", "wandb"], max_steps=6, eval_every_steps=3)
+    spec["training"].pop("tensorboard", None)
+    train(write_spec(tmp_path / "spec.yaml", spec))
+    out = tmp_path / "run"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    import mlflow
+
+    from tlscale.training.tracking import local_mlflow_uri
+
+    client = mlflow.MlflowClient(tracking_uri=local_mlflow_uri(out))
+    [experiment] = [e for e in client.search_experiments() if e.name == "tlscale"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "run" and run.data.params["strategy"] == "full"
+    assert {"train/loss", "eval/accuracy", "final/accuracy"} <= set(run.data.metrics)
+    [offline] = list((out / "wandb").glob("offline-run-*"))
+    assert list(offline.glob("*.wandb"))
+    from tlscale.run_folder import is_run_file
+
+    assert all(is_run_file(p.name) for p in out.iterdir())  # --overwrite knows every file the trackers wrote

@@ -16,7 +16,7 @@ def ladder_spec(tmp_path, train, dev, **ladder) -> dict:
             "data": {"train_file": str(train), "eval_file": str(dev), "text_column": "sentence",
                      "label_column": "label", "labels": ["negative", "positive"], "limit": 120},
             "strategy": {"name": "full", "head_lr": 2e-3},
-            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "eval_every_steps": 5, "tensorboard": False},
+            "training": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "eval_every_steps": 5, "report_to": []},
             "fewshot": {"verbalizer": {"negative": ["a bad film"], "positive": ["a good film"]}},
             "ladder": {"methods": ["zero_shot", "linear_probe", "full",
                                    {"name": "lora", "label": "lora r4", "overrides": ["strategy.r=4"]}],

@@ -88,10 +88,10 @@ def test_yes_no_labels_stay_strings_and_yes_still_switches_a_flag(base):
     spec["data"].pop("eval_file")
     path = write_spec(tmp_path / "spec.yaml", spec)
     path.write_text(path.read_text().replace("- 'no'\n", "- no\n").replace("- 'yes'\n", "- yes\n")
-                    .replace("tensorboard: false", "tensorboard: yes"))
+                    .replace("report_to: []", "tensorboard: yes"))
     assert "- yes\n" in path.read_text() and "tensorboard: yes" in path.read_text()
     job = load_spec(path)
-    assert job.data.labels == ["no", "yes"] and job.training.tensorboard is True
+    assert job.data.labels == ["no", "yes"] and job.training.report_to == ["tensorboard"]  # the older spelling
     assert "labels ['no', 'yes']" in expect_valid(["validate", path])
 
 

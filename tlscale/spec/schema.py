@@ -224,7 +224,26 @@ class TrainingSpec(Section):
     keep_best: bool = Field(True, description="Final model = best evaluated one (needs eval_every_steps).")
     metric_for_best: str = Field("auto", description="auto: the task's main metric (accuracy; f1 for extractive_qa).")
     log_every_steps: PositiveInt = Field(10, description="Log the mean training loss every N steps.")
-    tensorboard: bool = Field(True, description="Also write TensorBoard event files under tensorboard/.")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        ["tensorboard"], description="Experiment trackers besides metrics.jsonl: tensorboard (event files in "
+        "OUTPUT_DIR/tensorboard), mlflow (MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db), wandb (WANDB_MODE=offline "
+        "works without a network). [] for none.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, values: Any) -> Any:
+        """`tensorboard: true/false`, the older spelling, still reads (as report_to with or without it)."""
+        if isinstance(values, dict) and "tensorboard" in values:
+            from pydantic import TypeAdapter
+
+            try:
+                flag = TypeAdapter(bool).validate_python(values["tensorboard"])  # true, yes, on, 1, ...
+            except ValidationError:
+                return values  # the unknown key is reported as such
+            values = {k: v for k, v in values.items() if k != "tensorboard"}
+            others = [t for t in values.get("report_to", ["tensorboard"]) if t != "tensorboard"]
+            values["report_to"] = (["tensorboard"] if flag else []) + others
+        return values
 
 
 class EvalSpec(Section):

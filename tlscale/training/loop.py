@@ -94,7 +94,7 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     # The Accelerator comes after the model: once a ZeRO-3 plugin exists, transformers builds every model
     # partitioned (zero.Init), which a fresh head cannot be initialised under. prepare() partitions it.
     fresh_accelerator_state()
-    accelerator = Accelerator(**accelerator_kwargs(spec), log_with=trackers_for(run.path, training.tensorboard),
+    accelerator = Accelerator(**accelerator_kwargs(spec), log_with=trackers_for(run.path, training.report_to),
                               project_dir=str(run.path))
     check_backend(accelerator, spec)
     if accelerator.num_processes != spec.world_size:
@@ -112,7 +112,7 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     # again. Our batch size is global and we step it once per optimizer step; registered, it is checkpointed.
     prepared, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    accelerator.init_trackers("tensorboard", config={"strategy": spec.strategy.name, "lr": training.lr,
+    accelerator.init_trackers("tlscale", config={"strategy": spec.strategy.name, "lr": training.lr,
                                                      "batch_size": training.batch_size, "seed": spec.seed,
                                                      "world_size": accelerator.num_processes})
     session = Session(spec, run, reporter, accelerator, task, data, tokenizer, strategy, prepared,

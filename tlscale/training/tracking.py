@@ -1,4 +1,5 @@
-"""Metric logging through Accelerate's tracker API: JSONL always, TensorBoard when asked."""
+"""Metric logging through Accelerate's tracker API: JSONL always, and the trackers of training.report_to
+(TensorBoard, MLflow, Weights & Biases), each imported only when asked for."""
 from __future__ import annotations
 
 import json
@@ -28,8 +29,39 @@ class JSONLTracker(GeneralTracker):
             out.write(json.dumps(row) + "\n")
 
 
-def trackers_for(output_dir: Path, tensorboard: bool) -> list:
+PROJECT = "tlscale"  # MLflow experiment / W&B project unless MLFLOW_EXPERIMENT_NAME / WANDB_PROJECT say otherwise
+
+
+def trackers_for(output_dir: Path, report_to: list[str]) -> list:
+    """Tracker objects for Accelerate's log_with: metrics.jsonl, then each of report_to. TensorBoard writes
+    OUTPUT_DIR/tensorboard; MLflow logs to MLFLOW_TRACKING_URI, else OUTPUT_DIR/mlflow.db (artifacts in OUTPUT_DIR/mlruns); W&B keeps
+    its files in OUTPUT_DIR/wandb (WANDB_MODE=offline runs without an account or a network)."""
+    import os
+
+    from tlscale.errors import require
+
     trackers: list = [JSONLTracker(output_dir / "metrics.jsonl")]
-    if tensorboard:
-        trackers.append("tensorboard")
+    for name in report_to:
+        if name == "tensorboard":
+            from accelerate.tracking import TensorBoardTracker
+
+            trackers.append(TensorBoardTracker("tensorboard", output_dir))
+        elif name == "mlflow":
+            mlflow = require("mlflow")
+            from accelerate.tracking import MLflowTracker
+
+            if not os.environ.get("MLFLOW_TRACKING_URI"):  # (MLflow 3 refuses new file stores: SQLite)
+                mlflow.set_tracking_uri(local_mlflow_uri(output_dir))
+            trackers.append(MLflowTracker(os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
+                                          (output_dir / "mlruns").resolve().as_uri(), run_name=output_dir.name))
+        elif name == "wandb":
+            require("wandb")
+            from accelerate.tracking import WandBTracker
+
+            trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT", PROJECT), dir=str(output_dir),
+                                         name=output_dir.name))
     return trackers
+
+
+def local_mlflow_uri(output_dir: Path) -> str:
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
