@@ -51,8 +51,18 @@ class Cell:
 
     def done(self) -> bool:
         """Finished, and with the spec planned now (a changed recipe runs again)."""
-        return ((self.run_dir / "metrics.json").is_file() and self.spec_file.is_file()
-                and yaml.safe_load(self.spec_file.read_text()) == self.spec)
+        return (self.run_dir / "metrics.json").is_file() and self.same_recipe()
+
+    def same_recipe(self) -> bool:
+        """The written spec means what the planned one means (compared after validation: a field spelled the
+        older way, or added since with its default, is not a new recipe)."""
+        if not self.spec_file.is_file():
+            return False
+        try:
+            written = JobSpec.model_validate(yaml.safe_load(self.spec_file.read_text()))
+        except Exception:  # unreadable or no longer valid: run the cell again
+            return False
+        return written.model_dump(mode="json") == JobSpec.model_validate(self.spec).model_dump(mode="json")
 
 
 def read_pool(spec: JobSpec) -> Pool:

@@ -42,10 +42,10 @@ def cell_command(cell: Cell, changed: bool) -> list[str]:
 def prepare(cell: Cell) -> list[str]:
     """Write the cell's spec beside its run; its command line."""
     cell.folder.mkdir(parents=True, exist_ok=True)
-    written = yaml.safe_load(cell.spec_file.read_text()) if cell.spec_file.is_file() else None
-    if written != cell.spec:
+    changed = cell.spec_file.is_file() and not cell.same_recipe()
+    if not cell.spec_file.is_file() or changed:
         cell.spec_file.write_text(yaml.safe_dump(cell.spec, sort_keys=False))
-    return cell_command(cell, changed=written is not None and written != cell.spec)
+    return cell_command(cell, changed=changed)
 
 
 def run_process(command: list[str], log_file: str, threads: int | None = None) -> tuple[int, float, float]:
