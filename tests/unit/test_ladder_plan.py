@@ -41,6 +41,10 @@ def test_the_plan_makes_one_cell_per_method_budget_and_seed(tmp_path, small_sst2
     assert small["strategy"] == {"name": "full", "layer_lr_decay": None, "head_lr": 2e-3}
     assert by[("lora r4", 4, 0)]["strategy"]["r"] == 4 and "fewshot" not in small
     probe, zero = by[("linear_probe", 4, 1)], by[("zero_shot", 0, 0)]
+    raw = ladder_spec(tmp_path, *small_sst2, methods=[{"name": "full", "budgets": [4]}, "lora"], budgets=[2, 4])
+    spec = JobSpec.model_validate(raw)
+    assert [(c.method, c.budget) for c in plan(spec, pool, tmp_path / "ladder") if c.seed == 0] == [
+        ("full", 4), ("lora", 2), ("lora", 4)]  # a method's own budgets
     assert probe["fewshot"]["method"] == "linear_probe" and probe["fewshot"]["k"] == 4
     assert probe["fewshot"]["seeds"] == [1] and probe["seed"] == 42
     assert zero["fewshot"]["method"] == "zero_shot" and zero["fewshot"]["verbalizer"]["positive"] == ["a good film"]

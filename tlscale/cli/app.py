@@ -178,6 +178,13 @@ def ladder(spec: SpecArg, overrides: Overrides = None):
     from tlscale.ladder import run_ladder
     from tlscale.ladder.report import rich_table
 
+    import signal
+
+    def interrupt(signum, frame):  # the cell running now gets SIGTERM (a training cell checkpoints); rerun resumes
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # (a background job starts with SIGINT ignored)
+        signal.signal(signum, interrupt)
     job = _load(spec, overrides)
     result = run_ladder(job, log=lambda line: err.print(line, highlight=False, markup=False))
     Console(width=max(out.width, 120), highlight=False).print(rich_table(result["rows"], result["metric"]))

@@ -81,7 +81,8 @@ def read_pool(spec: JobSpec) -> Pool:
 def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
     """Every cell of the ladder, in table order. A budget larger than the smallest class is an error."""
     ladder = spec.ladder
-    too_big = [b for b in ladder.budgets if b != "all" and b > pool.smallest_class]
+    asked = {b for entry in ladder.entries for b in entry.budgets or ladder.budgets}
+    too_big = sorted(b for b in asked if b != "all" and b > pool.smallest_class)
     if too_big:
         raise ConfigError(f"ladder.budgets: {too_big} labelled examples per class, but the training pool's smallest "
                           f"class has {pool.smallest_class}; lower the budgets or raise data.limit")
@@ -92,9 +93,9 @@ def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
         if entry.name == "zero_shot":
             budgets, seeds = [0], ladder.seeds[:1]  # nothing is drawn: one cell
         elif entry.name in LADDER_FEWSHOT_METHODS:
-            budgets, seeds = [b for b in ladder.budgets if b != FEWSHOT_BUDGET_CAP], ladder.seeds
+            budgets, seeds = [b for b in entry.budgets or ladder.budgets if b != FEWSHOT_BUDGET_CAP], ladder.seeds
         else:
-            budgets, seeds = ladder.budgets, ladder.seeds
+            budgets, seeds = entry.budgets or ladder.budgets, ladder.seeds
         for budget in budgets:
             for seed in seeds:
                 raw = cell_spec(base, spec, entry, budget, seed, pool)

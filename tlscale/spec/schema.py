@@ -430,6 +430,8 @@ class LadderMethod(Section):
                               "two entries share a name.")
     overrides: list[str] = Field([], description="Dotted KEY=VALUE overrides of the spec for this method's "
                                  "cells, e.g. training.lr=5e-4 or strategy.r=16.")
+    budgets: list[PositiveInt | Literal["all"]] | None = Field(
+        None, description="This method's budgets (default: the ladder's), for a method too slow for the largest.")
 
     @field_validator("name")
     @classmethod
