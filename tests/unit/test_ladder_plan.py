@@ -93,3 +93,20 @@ def test_a_ladder_never_takes_a_folder_of_other_files(tmp_path, small_sst2):
     expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], "notes.txt", "ladder did not write")
     expect_error(["ladder", write_spec(tmp_path / "spec.yaml", raw)], "notes.txt")
     assert (tmp_path / "ladder" / "notes.txt").read_text() == "mine"
+
+
+def test_the_recommendation_is_the_cheapest_within_a_point_and_zero_shot_competes_everywhere():
+    from tlscale.ladder.report import Row, recommend, recommendation_line
+
+    def row(method, budget, mean, seconds):
+        return Row(method, budget, mean, 0.01, 3, seconds, 4000.0, 10, 900.0)
+
+    rows = [row("zero_shot", 0, 0.718, 0.0), row("linear_probe", 8, 0.706, 0.3), row("setfit", 8, 0.698, 27),
+            row("linear_probe", 32, 0.753, 1.2), row("setfit", 32, 0.773, 57), row("lora", 32, 0.765, 9),
+            row("lora", "all", 0.851, 68), row("full", "all", 0.860, 82)]
+    picks = {p["budget"]: p for p in recommend(rows)}
+    assert picks[8]["method"] == "zero_shot"  # 8 labels per class do not beat describing the labels
+    assert picks[32]["method"] == "lora" and picks[32]["best_method"] == "setfit"  # 0.765 is within 1 point
+    assert picks["all"]["method"] == "lora"
+    line = recommendation_line(list(picks.values()), "accuracy")
+    assert "8/class: zero_shot" in line and "all labels: lora (accuracy 0.851, 68 s, best full 0.860)" in line

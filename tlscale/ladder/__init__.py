@@ -60,6 +60,7 @@ def _dump(spec: JobSpec) -> str:
 
 
 def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
+    from tlscale.files import write_json_atomic
     from tlscale.ladder.execute import Outcome, run_local, run_on_ray
 
     ladder = spec.ladder
@@ -68,7 +69,13 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
         f"({'one after another' if ladder.runner == 'local' else 'as Ray tasks'})")
     counter = {"n": 0}
 
+    store = folder / "outcomes.json"
+    outcomes = {k: Outcome(**v) for k, v in json.loads(store.read_text()).items()} if store.is_file() else {}
+
     def report(cell, outcome, retrying: bool) -> None:
+        if not retrying:  # kept as each cell ends: a ladder stopped half way keeps its cells' figures
+            outcomes[cell.key] = outcome
+            write_json_atomic(store, {k: asdict(v) for k, v in outcomes.items()})
         if retrying:
             log(f"  {cell.key}: exit {outcome.returncode}, running it again (log: {cell.folder / 'log.txt'})")
             return
@@ -79,16 +86,10 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
         else:
             log(f"{head} failed, exit {outcome.returncode} (log: {cell.folder / 'log.txt'})")
 
-    store = folder / "outcomes.json"
-    outcomes = {k: Outcome(**v) for k, v in json.loads(store.read_text()).items()} if store.is_file() else {}
     if ladder.runner == "ray":
-        new = run_on_ray(pending, ladder.retries, report, ladder.address, ladder.cpus_per_cell)
+        run_on_ray(pending, ladder.retries, report, ladder.address, ladder.cpus_per_cell)
     else:
-        new = run_local(pending, ladder.retries, report)
-    outcomes.update(new)
-    from tlscale.files import write_json_atomic
-
-    write_json_atomic(store, {k: asdict(v) for k, v in outcomes.items()})
+        run_local(pending, ladder.retries, report)
     return outcomes
 
 

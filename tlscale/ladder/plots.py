@@ -72,7 +72,7 @@ def plot_cost_quality(path: Path, rows: list[Row], metric: str, title: str) -> N
     from matplotlib.figure import Figure
 
     scored = [r for r in rows if r.mean is not None and r.train_seconds is not None]
-    fig = Figure(figsize=(9.0, 5.2))
+    fig = Figure(figsize=(11.0, 5.6))
     ax = fig.subplots()
     methods = list(dict.fromkeys(r.method for r in rows))
     sizes = {b: 18 + 14 * k for k, b in enumerate(sorted({r.budget for r in scored},
@@ -87,15 +87,20 @@ def plot_cost_quality(path: Path, rows: list[Row], metric: str, title: str) -> N
         frontier = pareto(points)
         ax.plot([points[i][0] for i in frontier], [points[i][1] for i in frontier], "-", color="black",
                 linewidth=1, alpha=0.6, label="Pareto frontier", zorder=0)
-        for n, i in enumerate(frontier):  # alternate above and below: neighbours on the frontier do not collide
+        names = []
+        for n, i in enumerate(frontier, start=1):  # numbers by the points, names in a key: nothing overlaps
             r = scored[i]
-            ax.annotate(f"{r.method} k={r.budget}", points[i], textcoords="offset points",
-                        xytext=(6, 8 if n % 2 == 0 else -12), fontsize=7)
+            ax.annotate(str(n), points[i], textcoords="offset points", xytext=(-4, 6), fontsize=8,
+                        fontweight="bold")
+            budget = {"all": "all labels", 0: "no labels"}.get(r.budget, f"{r.budget}/class")
+            names.append(f"{n:>2} {r.method}, {budget}: {r.mean:.3f}")
+        fig.text(0.755, 0.04, "Pareto frontier:\n" + "\n".join(names), ha="left", va="bottom", fontsize=7.5,
+                 family="monospace")
     ax.set_xscale("log")
-    ax.set_xlabel("training seconds per cell (log scale; mean over seeds)")
+    ax.set_xlabel("training seconds per cell (log scale; mean over seeds; 0 s drawn at 0.01)")
     ax.set_ylabel(f"{metric} (mean over seeds)")
     ax.set_title(title + "\n(marker size grows with labels per class)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(path, dpi=110)

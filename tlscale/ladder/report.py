@@ -107,11 +107,13 @@ def eval_check(cells: list[Cell], metric: str) -> dict:
 
 
 def recommend(rows: list[Row]) -> list[dict]:
-    """At each budget with training cells: the cheapest method (train seconds) within NEAR_BEST of the best."""
+    """At each budget: the cheapest method (train seconds) within NEAR_BEST of the best. Zero-shot competes at
+    every budget (it needs no labels): when describing the labels is as good, the labels are not needed yet."""
     picks = []
     budgets = sorted({r.budget for r in rows if r.budget not in (0,)}, key=budget_order)
+    zero = [r for r in rows if r.budget == 0 and r.mean is not None]
     for budget in budgets:
-        scored = [r for r in rows if r.budget == budget and r.mean is not None]
+        scored = [r for r in rows if r.budget == budget and r.mean is not None] + zero
         if not scored:
             continue
         best = max(scored, key=lambda r: r.mean)
