@@ -173,13 +173,14 @@ def test_a_failing_rank_fails_the_run_with_its_error(tmp_path, module_sst2):
 
 @pytest.mark.slow
 def test_minilm_zero3_two_processes_matches_one_process(tmp_path):
-    """Real encoder, real data: 2,000 SST-2 rows, ZeRO-3 on 2 processes vs 1 process, dev accuracy. Batch 32
-    (63 steps: half the gathers of batch 16); measured 0.8039 (1 process) vs 0.8016 (ZeRO-3 x2). On 1,000 rows
-    at batch 16 the two were 1.4 points apart (0.8005 vs 0.7867), too few steps to hold the 1-point bar."""
+    """Real encoder, real data, the shipped recipe: 640 SST-2 rows at batch 32 (20 steps), dropout off so both
+    do the same maths; ZeRO-3 on 2 processes reproduces the 1-process losses step by step and its scores on
+    the 872 dev sentences. (The accuracy-only version, 2,000 rows to hold a 1-point bar, took 112 s.)"""
     from tests.conftest import ROOT
 
     config = ROOT / "configs" / "sst2-minilm-full.yaml"
-    common = ["data.limit=2000", "training.batch_size=32", "training.eval_every_steps=null", "--no-progress"]
+    common = ["data.limit=640", "training.batch_size=32", "training.eval_every_steps=null", "training.log_every_steps=1",
+              "model.dropout=0.0", "model.classifier_dropout=0.0", "--no-progress"]
     one = run_cli("train", str(config), f"output_dir={tmp_path / 'one'}", *common)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli("train", str(config), f"output_dir={tmp_path / 'zero3'}", "distributed.backend=deepspeed",
@@ -187,10 +188,13 @@ def test_minilm_zero3_two_processes_matches_one_process(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
     b = json.loads((tmp_path / "zero3" / "metrics.json").read_text())
-    print(f"MiniLM 2,000 rows: 1 process {a['eval']['accuracy']:.4f}, ZeRO-3 x2 {b['eval']['accuracy']:.4f}")
-    assert b["saved_model_verified"] is True
-    assert abs(a["eval"]["accuracy"] - b["eval"]["accuracy"]) <= 0.01
-    assert a["eval"]["accuracy"] > 0.75
+    print(f"MiniLM 640 rows: 1 process {a['eval']['accuracy']:.4f}, ZeRO-3 x2 {b['eval']['accuracy']:.4f}")
+    ours, theirs = losses(tmp_path / "zero3"), losses(tmp_path / "one")
+    assert len(ours) == len(theirs) == 20 and ours == pytest.approx(theirs, abs=2e-3)
+    assert b["saved_model_verified"] is True and b["eval"]["num_examples"] == a["eval"]["num_examples"] == 872
+    assert b["eval"]["loss"] == pytest.approx(a["eval"]["loss"], abs=2e-3)
+    assert abs(a["eval"]["accuracy"] - b["eval"]["accuracy"]) <= 0.005
+    assert a["eval"]["accuracy"] > 0.65  # 20 steps already learn: not two copies of chance
 
 
 def test_extractive_qa_under_two_process_deepspeed_matches_one_process(tmp_path):

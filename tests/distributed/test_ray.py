@@ -158,6 +158,22 @@ def submit_and_wait(cluster, spec: Path, working_dir: Path, timeout_s: float = 4
     raise AssertionError(f"job {job_id} did not end in {timeout_s} s")
 
 
+def test_ladder_cells_run_as_ray_tasks_spread_over_the_nodes(tmp_path, cluster, rows):
+    """runner ray: the pending cells go to the cluster at once, one CPU each, spread over the nodes (before the
+    tests below kill workers and drain a node)."""
+    raw = tiny_spec(tmp_path / "ladder", *rows, training={"epochs": 1, "batch_size": 8, "lr": 1e-3})
+    raw["ladder"] = {"methods": ["full"], "budgets": [4], "seeds": [0, 1, 2, 3], "min_steps": 4, "runner": "ray",
+                     "address": cluster["address"]}
+    result = cli_ok("ladder", write_spec(tmp_path / "ladder.yaml", raw), timeout=600)
+    assert "4 cells: 0 finished earlier, 4 to run (as Ray tasks)" in result.stderr
+    outcomes = json.loads((tmp_path / "ladder" / "outcomes.json").read_text())
+    assert sorted(outcomes) == [f"full k=4 seed {s}" for s in range(4)]
+    assert all(o["returncode"] == 0 for o in outcomes.values())
+    assert len({o["node"] for o in outcomes.values()}) == 2  # both nodes took cells
+    ladder = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
+    assert ladder["eval"]["same"] is True and ladder["rows"][0]["seeds"] == 4
+
+
 def test_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp_path, cluster, rows):
     distributed = {"backend": "ddp"}
     spec = spec_for(tmp_path, rows, "killed", distributed, cluster["address"], max_failures=1)

@@ -99,7 +99,7 @@ def run_on_ray(cells: list[Cell], retries: int, report, address: str | None, cpu
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False,
                  logging_level="WARNING", configure_logging=False)
-    task = ray.remote(num_cpus=cpus, max_retries=0)(run_on_node)
+    task = ray.remote(num_cpus=cpus, max_retries=0, scheduling_strategy="SPREAD")(run_on_node)
     pending, attempts, outcomes = {}, {cell.key: 0 for cell in cells}, {}
 
     def submit(cell: Cell) -> None:
