@@ -81,14 +81,14 @@ def read_pool(spec: JobSpec) -> Pool:
 def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
     """Every cell of the ladder, in table order. A budget larger than the smallest class is an error."""
     ladder = spec.ladder
-    asked = {b for entry in ladder.entries for b in entry.budgets or ladder.budgets}
+    asked = {b for entry in ladder.methods for b in entry.budgets or ladder.budgets}
     too_big = sorted(b for b in asked if b != "all" and b > pool.smallest_class)
     if too_big:
         raise ConfigError(f"ladder.budgets: {too_big} labelled examples per class, but the training pool's smallest "
                           f"class has {pool.smallest_class}; lower the budgets or raise data.limit")
     base = spec.model_dump(mode="json", exclude={"ladder"})
     cells = []
-    for index, entry in enumerate(ladder.entries):
+    for index, entry in enumerate(ladder.methods):
         folder = ladder_dir / "cells" / slug(entry.shown)
         if entry.name == "zero_shot":
             budgets, seeds = [0], ladder.seeds[:1]  # nothing is drawn: one cell

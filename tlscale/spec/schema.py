@@ -485,19 +485,15 @@ class LadderSpec(Section):
     def _names_are_entries(cls, methods: Any) -> Any:
         return [{"name": m} if isinstance(m, str) else m for m in methods] if isinstance(methods, list) else methods
 
-    @property
-    def entries(self) -> list[LadderMethod]:
-        return list(self.methods)
-
     @model_validator(mode="after")
     def _distinct(self) -> LadderSpec:
-        shown = [m.shown for m in self.entries]
+        shown = [m.shown for m in self.methods]
         twice = sorted({name for name in shown if shown.count(name) > 1})
         if twice:
             raise ValueError(f"methods: {twice} appear twice; give each entry its own label")
         if len(set(map(str, self.budgets))) != len(self.budgets) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError("budgets and seeds: expected each value once")
-        if "prompt" in [m.name for m in self.entries] and self.prompt_model is None:
+        if "prompt" in [m.name for m in self.methods] and self.prompt_model is None:
             raise ValueError("methods: 'prompt' needs ladder.prompt_model (a causal LM)")
         return self
 
@@ -629,7 +625,7 @@ class JobSpec(Section):
                 raise ValueError(f"data.per_class: a budget per class needs classes; task '{self.task}' has none")
             if self.ladder is not None:
                 raise ValueError(f"ladder: label budgets per class need task text_classification, found '{self.task}'")
-        if self.ladder is not None and "zero_shot" in [m.name for m in self.ladder.entries] and (
+        if self.ladder is not None and "zero_shot" in [m.name for m in self.ladder.methods] and (
                 self.ladder.prompt_model is None and (self.fewshot is None or self.fewshot.verbalizer is None)):
             raise ValueError("ladder.methods: zero_shot with an encoder compares inputs to label descriptions; give "
                              "fewshot.verbalizer (phrases per label), or ladder.prompt_model to prompt a causal LM")
