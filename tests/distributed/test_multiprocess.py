@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import run_cli, tiny_spec, write_spec
+from tests.conftest import DATA, run_cli, tiny_spec, write_spec
 
 pytestmark = pytest.mark.distributed
 
@@ -70,6 +70,46 @@ def test_two_processes_match_one(tmp_path, reference, name):
     assert metrics["eval"]["num_examples"] == 64  # gathered across ranks, nothing dropped or doubled
     assert metrics["eval"]["loss"] == pytest.approx(reference_metrics["eval"]["loss"], abs=2e-3)
     assert metrics["eval"]["accuracy"] == pytest.approx(reference_metrics["eval"]["accuracy"], abs=0.05)
+
+
+def test_distillation_under_two_process_zero2_matches_one_process(tmp_path, reference):
+    """A one-layer student of the reference run (teacher outputs cached once, features matched), on the
+    labelled rows plus unlabelled SST-2 text."""
+    teacher, (train_file, dev_file) = reference
+    unlabeled = tmp_path / "unlabeled.tsv"
+    unlabeled.write_text("sentence\n" + "\n".join(line.rsplit("\t", 1)[0] for line in
+                                                   (DATA / "sst2" / "train.tsv").read_text().splitlines()[2001:2097]))
+    distill = {"teacher": [str(teacher)], "alpha": 0.5, "hidden_weight": 1.0, "unlabeled_file": str(unlabeled)}
+    runs = {}
+    for name, processes in (("one", 1), ("two", 2)):
+        dist = {"backend": "deepspeed", "zero_stage": 2, "num_processes": 2} if processes == 2 else {}
+        raw = tiny_spec(tmp_path / name, train_file, dev_file,
+                        model={"name_or_path": "tiny:bert", "dropout": 0.0, "classifier_dropout": 0.0,
+                               "keep_layers": [1]},
+                        training={"epochs": 1, "max_steps": STEPS, "lr": 1e-3, "log_every_steps": 1},
+                        distributed=dist, distill=distill)
+        train_ok(write_spec(tmp_path / f"{name}.yaml", raw))
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-3)
+    assert runs["two"]["saved_model_verified"] is True and runs["two"]["train_examples"] == runs["one"]["train_examples"] > 160
+    assert runs["two"]["data"]["distill"]["teachers"][0]["cache"] == "reused"
+    assert runs["two"]["eval"]["loss"] == pytest.approx(runs["one"]["eval"]["loss"], abs=2e-3)
+
+
+def test_masked_lm_under_two_process_zero2_matches_one_process(tmp_path, module_sst2):
+    """Masks come from (seed, epoch, example): the same on 1 or 2 ranks; every text's loss counts the same."""
+    train_file, _ = module_sst2
+    for name, dist in (("one", {}), ("two", {"backend": "deepspeed", "zero_stage": 2, "num_processes": 2})):
+        raw = tiny_spec(tmp_path / name, train_file, task="masked_lm",
+                        model={"name_or_path": "tiny:bert", "dropout": 0.0},
+                        training={"epochs": 1, "max_steps": 4, "lr": 1e-3, "log_every_steps": 1},
+                        distributed=dist)
+        raw["data"] = {"train_file": str(train_file), "text_column": "sentence"}
+        train_ok(write_spec(tmp_path / f"{name}.yaml", raw))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-3)
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert two["saved_model_verified"] is True and two["eval"]["masked_tokens"] == one["eval"]["masked_tokens"]
+    assert two["eval"]["loss"] == pytest.approx(one["eval"]["loss"], abs=2e-3)
 
 
 # The PEFT x distribution matrix that runs (qlora with ZeRO-3 is refused by validation, tested below).

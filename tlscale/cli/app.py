@@ -160,11 +160,27 @@ def train(spec: SpecArg, overrides: Overrides = None,
 @app.command()
 @user_errors
 def fewshot(spec: SpecArg, overrides: Overrides = None,
-            overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier fewshot run.")] = False):
+            overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier fewshot run.")] = False,
+            label: Annotated[Optional[Path], typer.Option(
+                help="Instead of evaluating: label this file's texts by prompting (a distillation teacher).")] = None,
+            output: Annotated[Optional[Path], typer.Option(
+                help="With --label: the soft labels, one JSON object per line (distill.teacher reads it).")] = None):
     """Few-shot and zero-shot baselines (no training): prompting or encoder probes over several seeds."""
-    from tlscale.fewshot.runner import results_table, run_fewshot
+    from tlscale.fewshot.runner import label_file, results_table, run_fewshot
 
     job = _load(spec, overrides)
+    if label is not None or output is not None:
+        from tlscale.errors import ConfigError
+        from tlscale.run_folder import result_file
+
+        if label is None or output is None:
+            raise ConfigError("fewshot: --label FILE and --output FILE.jsonl go together")
+        if output.resolve() == label.resolve():
+            raise ConfigError(f"--output: '{output}' is the input file; refusing to overwrite your data")
+        result_file(output, "--output")
+        count = label_file(job, label, output, log=lambda line: err.print(line, highlight=False))
+        out.print(f"{count} soft labels -> {output}")
+        return
     metrics = run_fewshot(job, overwrite=overwrite, log=lambda line: err.print(line, highlight=False))
     Console(width=max(out.width, 100), highlight=False).print(results_table(metrics))
     out.print(f"-> {job.output_dir / 'metrics.json'}")

@@ -114,12 +114,14 @@ class PromptClassification(ClassificationMethod, Prompting):
     def fields(self, examples, i: int) -> dict:
         return {"text": examples.texts[i], "text_pair": examples.pairs[i] if examples.pairs else ""}
 
-    def demonstrations(self, seed: int) -> Demonstrations:
+    def demonstrations(self, seed: int, queries: list[str] | None = None) -> Demonstrations:
+        """The seed's demonstrations for each query text (default: the evaluation texts)."""
         if self.fewshot.k == 0:
             return Demonstrations(fixed=[])
         train = self.data.train
         pool = self.selection.pool(seed)
-        return self.selection.choose(pool, seed, self.embed, queries=self.data.eval.texts, texts=train.texts)
+        return self.selection.choose(pool, seed, self.embed, texts=train.texts,
+                                     queries=self.data.eval.texts if queries is None else queries)
 
     def prompt(self, demos: list[int], query: dict) -> str:
         train = self.data.train
@@ -134,19 +136,23 @@ class PromptClassification(ClassificationMethod, Prompting):
         return label_log_scores(scores, [len(g) for g in self.words], self.fewshot.score)
 
     def run(self, seed: int) -> SeedResult:
-        demos = self.demonstrations(seed)
-        evaluation = self.data.eval
-        prompts = [self.prompt(demos.for_input(i), self.fields(evaluation, i)) for i in range(len(evaluation))]
-        self.truncated = 0
-        log_scores = self.label_scores(prompts)
+        probs, log_scores, prompts = self.probabilities(self.data.eval, seed)
         extra = {"prompts_truncated": self.truncated}
         if self.fewshot.calibration == "contextual":
-            probs = self.calibrated(log_scores, demos)
             extra["uncalibrated_accuracy"] = (log_scores.argmax(1) == self.gold).float().mean().item()
-        else:
-            probs = torch.softmax(log_scores, dim=-1)
         metrics, rows = self.score(probs, extra)
         return SeedResult(metrics, rows, prompts)
+
+    def probabilities(self, examples, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """(label probabilities, raw label log-scores, prompts) of any examples, with the seed's
+        demonstrations from the training data: the eval set, or a file to label (`tlscale fewshot --label`)."""
+        demos = self.demonstrations(seed, examples.texts)
+        prompts = [self.prompt(demos.for_input(i), self.fields(examples, i)) for i in range(len(examples))]
+        self.truncated = 0
+        log_scores = self.label_scores(prompts)
+        if self.fewshot.calibration == "contextual":
+            return self.calibrated(log_scores, demos), log_scores, prompts
+        return torch.softmax(log_scores, dim=-1), log_scores, prompts
 
     def calibrated(self, log_scores: torch.Tensor, demos: Demonstrations) -> torch.Tensor:
         """Content-free inputs get the same demonstrations as the inputs they calibrate."""

@@ -59,3 +59,36 @@ def new_head_modules(model: nn.Module) -> list[str]:
     return [name for name, child in model.named_children()
             if name not in (model.base_model_prefix, "lm_head")  # an LM head is pretrained, not new
             and any(id(p) not in base for p in child.parameters())]
+
+
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def layer_count(config) -> int | None:
+    """Transformer blocks a config declares (BERT-, GPT-2- and Llama-shaped), or None."""
+    for key in LAYER_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def keep_blocks(base_model: nn.Module, keep: list[int], configs: list) -> None:
+    """Truncate a pretrained model to the blocks in keep (a distillation student built from its teacher's
+    layers), renumbered 0..len(keep)-1 so save_pretrained writes an ordinary checkpoint of that depth."""
+    from torch import nn
+
+    name, blocks = find_blocks(base_model)
+    parent = base_model.get_submodule(name.rpartition(".")[0]) if "." in name else base_model
+    kept = nn.ModuleList([blocks[i] for i in keep])
+    for new_index, block in enumerate(kept):
+        for module in block.modules():  # attention caches are keyed by the block's index
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = new_index
+    setattr(parent, name.rpartition(".")[2], kept)
+    for config in configs:
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(getattr(config, key, None), int):
+                setattr(config, key, len(keep))
+        if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (newer configs)
+            config.layer_types = [config.layer_types[i] for i in keep]

@@ -81,6 +81,27 @@ def check_max_length(spec: ModelSpec, path: str) -> None:
     if limit is not None and spec.max_length > limit:
         raise ConfigError(f"model.max_length: expected at most {limit} ('{spec.name_or_path}' has {limit} position "
                           f"embeddings), found {spec.max_length}")
+    check_keep_layers(spec, config)
+
+
+def check_keep_layers(spec: ModelSpec, config) -> None:
+    from tlscale.models.layers import layer_count
+
+    depth = layer_count(config)
+    if spec.keep_layers is not None and depth is not None and max(spec.keep_layers) >= depth:
+        raise ConfigError(f"model.keep_layers: '{spec.name_or_path}' has {depth} transformer blocks (0..{depth - 1}); "
+                          f"found {max(spec.keep_layers)}")
+
+
+def truncate(model, spec: ModelSpec):
+    """model.keep_layers: the pretrained model cut down to those blocks (configs of model and backbone)."""
+    if spec.keep_layers is not None:
+        from tlscale.models.layers import keep_blocks
+
+        check_keep_layers(spec, model.config)
+        keep_blocks(model.base_model, spec.keep_layers, list({id(c): c for c in (model.config,
+                                                                                 model.base_model.config)}.values()))
+    return model
 
 
 def _tokenizer_class(path: str):
@@ -153,7 +174,9 @@ def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict
                                                          **(load_options or {}))
     else:
         model = PooledSequenceClassifier(config)
-        model.backbone = drop_unused_pooler(_load_backbone(path, {**backbone_overrides, **(load_options or {})}))
+        weights = str(init_weights(spec) or path)
+        model.backbone = drop_unused_pooler(_load_backbone(weights, {**backbone_overrides, **(load_options or {})}))
+    truncate(model, spec)
     PooledSequenceClassifier.register_for_auto_class("AutoModelForSequenceClassification")
     if load_options and "quantization_config" in load_options:
         from tlscale.models.quantization import disable_cpu_repacking
@@ -187,15 +210,52 @@ def _load_with_head(auto_class, spec: ModelSpec, load_options: dict | None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the new, untrained head
     try:
-        model = auto_class.from_pretrained(path, **overrides, **(load_options or {}))
+        model = auto_class.from_pretrained(str(init_weights(spec) or path), **overrides, **(load_options or {}))
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    truncate(model, spec)
     if load_options and "quantization_config" in load_options:
         from tlscale.models.quantization import disable_cpu_repacking
 
         disable_cpu_repacking(model)
+    return model
+
+
+def init_weights(spec: ModelSpec) -> Path | None:
+    """model.init_from: the saved model folder whose weights the run starts from (a run folder's model/)."""
+    if spec.init_from is None:
+        return None
+    folder = spec.init_from / "model" if (spec.init_from / "model" / "config.json").is_file() else spec.init_from
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model.init_from: expected a run folder or a saved model folder; found no config.json "
+                          f"in {spec.init_from}")
+    return folder
+
+
+def lineage(spec: ModelSpec) -> dict | None:
+    """What metrics.json records about model.init_from: the folder, and the run's task and figures."""
+    folder = init_weights(spec)
+    if folder is None:
+        return None
+    facts: dict = {"init_from": str(spec.init_from), "weights": str(folder)}
+    metrics_file = folder.parent / "metrics.json"
+    if folder.name == "model" and metrics_file.is_file():
+        earlier = json.loads(metrics_file.read_text())
+        facts.update(task=earlier.get("task"), eval={k: v for k, v in (earlier.get("eval") or {}).items()
+                                                     if isinstance(v, (int, float))},
+                     train_examples=earlier.get("train_examples"))
+    return facts
+
+
+def build_masked_lm(spec: ModelSpec, load_options: dict | None = None):
+    """An encoder with a masked-LM head (AutoModelForMaskedLM). A checkpoint without one (a sentence encoder)
+    gets a new head whose decoder is tied to the input embeddings."""
+    from transformers import AutoModelForMaskedLM
+
+    model = _load_with_head(AutoModelForMaskedLM, spec, load_options)
+    model.tie_weights()
     return model
 
 

@@ -63,11 +63,13 @@ class PooledSequenceClassifier(PreTrainedModel):
         return pool(hidden, attention_mask, self.pooling)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                features=None, **unused) -> SequenceClassifierOutput:
+                features=None, output_hidden_states=None, **unused) -> SequenceClassifierOutput:
+        """output_hidden_states: the pooled features, as hidden_states=(features,) (distillation matches them)."""
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(features.to(self.classifier.weight.dtype)))  # k-bit bases: bf16 out
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits,
+                                        hidden_states=(features,) if output_hidden_states else None)

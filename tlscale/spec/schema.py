@@ -6,8 +6,8 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, SerializeAsAny,
-                      ValidationError, ValidationInfo, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt,
+                      SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 MAX_SEED = 2**32 - 1  # numpy's seeds end here (torch's at 2**64 - 1)
@@ -131,6 +131,31 @@ class ModelSpec(Section):
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Override the backbone's dropout probabilities (hidden and attention)."
     )
+    keep_layers: list[NonNegativeInt] | None = Field(
+        None, min_length=1, description="A smaller, faster model from the pretrained one (a distillation student): "
+        "keep only these transformer blocks, 0-based bottom to top, e.g. [0, 2, 4] of MiniLM-L6's six. The saved "
+        "model is an ordinary checkpoint with that many layers.")
+
+    init_from: UserPath | None = Field(
+        None, description="Start from the weights of an earlier run (its saved model) or a saved model folder, e.g. a "
+        "masked_lm run that continued pretraining on in-domain text; name_or_path still gives the architecture's "
+        "defaults, the tokenizer and the pooling. A new task head is built as usual; metrics.json records the "
+        "lineage.")
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not (path / "config.json").is_file() and not (path / "model" / "config.json").is_file():
+            raise ValueError(f"expected a run folder or a saved model folder (with config.json); found "
+                             f"{'nothing' if not path.exists() else 'no saved model'} at {path}")
+        return path
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _increasing(cls, keep: list[int] | None) -> list[int] | None:
+        if keep is not None and any(b <= a for a, b in zip(keep, keep[1:])):
+            raise ValueError(f"expected block indices in increasing order without repeats, found {keep}")
+        return keep
 
 
 class DataSpec(Section):
@@ -504,7 +529,8 @@ class JobSpec(Section):
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-    task: str = Field("text_classification", description="text_classification | extractive_qa | causal_lm")
+    task: str = Field("text_classification", description="text_classification | extractive_qa | causal_lm | "
+                      "masked_lm (continued pretraining of an encoder)")
     runner: Literal["local", "ray"] = Field(
         "local", description="local: this process, or distributed.num_processes local processes. "
         "ray: resources.num_workers Ray Train workers on a Ray cluster.")

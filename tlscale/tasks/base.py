@@ -48,6 +48,9 @@ class Task:
     def build_model(self, data: TaskData, load_options: dict):
         raise NotImplementedError
 
+    def start_epoch(self, data: TaskData, epoch: int) -> None:
+        """Called before each epoch (and a resumed one) on every rank: per-epoch data such as fresh masks."""
+
     def collate(self, dataset, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         """A padded batch with labels and an `index` tensor naming the examples."""
         raise NotImplementedError

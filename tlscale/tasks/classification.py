@@ -11,6 +11,8 @@ from tlscale.eval import (classification_metrics, plot_confusion_matrix, plot_re
                           write_predictions)
 from tlscale.eval.evaluator import score_batches
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
+from tlscale.tasks.distillation import (DistillOptions, TransferSet, attach_teacher, collate_with_teacher,
+                                        distillation_loss, transfer_examples)
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
@@ -23,14 +25,22 @@ class TextClassification(Task):
     metrics = ("accuracy", "f1_macro", "loss", "ece")
     headline_metrics = ("accuracy", "f1_macro", "ece")
     caches_features = True
+    options = DistillOptions  # `distill:` a teacher's soft labels (tlscale/tasks/distillation.py)
+    options_key = "distill"
 
     def prepare(self, tokenizer) -> TaskData:
         spec = self.spec
         data = build_classification_data(spec.data, spec.seed)
-        train = tokenize(data.train, tokenizer, spec.model.max_length)
+        notes = {"eval_sha256": fingerprint(data.eval, data.label_names)}
+        examples = data.train
+        if spec.distill.enabled:
+            examples, facts = transfer_examples(spec, data.train, data.eval)
+        train = tokenize(examples, tokenizer, spec.model.max_length)
+        if spec.distill.enabled:
+            train, lineage = attach_teacher(train, examples, spec, data.label_names)
+            notes["distill"] = {**facts, **lineage, "labelled": len(data.train), "transfer_texts": len(examples)}
         evaluation = tokenize(data.eval, tokenizer, spec.model.max_length)
-        return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval,
-                        notes={"eval_sha256": fingerprint(data.eval, data.label_names)})
+        return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval, notes=notes)
 
     def build_model(self, data: TaskData, load_options: dict):
         from tlscale.models import build_classifier
@@ -38,7 +48,13 @@ class TextClassification(Task):
         return build_classifier(self.spec.model, data.label_names, load_options)
 
     def collate(self, dataset, indices, pad_id):
-        return collate(dataset, indices, pad_id)
+        batch = collate(dataset, indices, pad_id)
+        return collate_with_teacher(batch, dataset, indices) if isinstance(dataset, TransferSet) else batch
+
+    def loss(self, model, batch):
+        if "teacher_log_probs" in batch:
+            return distillation_loss(model, batch, self.spec.distill)
+        return model(**batch).loss
 
     def probabilities(self, accelerator, model, data, pad_id, feature_cache=None) -> torch.Tensor:
         """Class probabilities of every eval example, in order, gathered over ranks."""

@@ -206,6 +206,7 @@ def run_epoch(s: Session) -> bool:
     batches = (length_grouped_batches([len(ids) for ids in s.data.train.input_ids], training.batch_size, seed)
                if training.group_by_length else shuffled_batches(len(s.data.train), training.batch_size, seed))
     batches = [b for b in batches if len(b) >= s.world][:s.batches_per_epoch]  # every rank needs an example
+    s.task.start_epoch(s.data, state.epoch)
     clock = _EpochClock(state.train_time_s)
     position = state.batches_in_epoch
     while position < len(batches) and state.step < s.total_steps:
@@ -404,6 +405,7 @@ def _plot_learning_curve(s: Session) -> None:
 
 
 def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: bool) -> dict:
+    from tlscale.models.loading import lineage
     from tlscale.strategies import count_parameters
 
     spec, state, dist = s.spec, s.state, s.spec.distributed
@@ -411,6 +413,7 @@ def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: boo
     zero3 = dist.backend == "deepspeed" and dist.zero_stage == 3  # parameters are partitioned: count at start
     return {
         "task": spec.task, "strategy": spec.strategy.name, "model": spec.model.name_or_path,
+        **({"lineage": lineage(spec.model)} if spec.model.init_from else {}),
         "eval": final_eval,
         "trainable_params": trainable if zero3 else count_parameters(s.raw_model)[0],
         "trainable_params_at_start": trainable, "total_params": total, "memory": s.memory,
