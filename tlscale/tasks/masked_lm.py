@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import Field
@@ -48,7 +48,8 @@ class TextSet:
     seed: int
     round: int = 0  # the epoch (training) or EVAL_ROUND
     truncated: int = 0
-    special: set = field(default_factory=set)
+    mask_id: int = 0  # the tokenizer's [MASK], and its vocabulary size for random replacements
+    vocab_size: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -61,7 +62,7 @@ def tokenize_texts(texts: list[str], tokenizer, max_length: int, seed: int, roun
     words = [encoded.word_ids(i) for i in range(len(texts))]
     full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in full)
-    return TextSet(encoded["input_ids"], words, seed, round, truncated)
+    return TextSet(encoded["input_ids"], words, seed, round, truncated, tokenizer.mask_token_id, len(tokenizer))
 
 
 def mask_example(data: TextSet, i: int, probability: float, whole_word: bool, mask_id: int,
@@ -100,7 +101,6 @@ class MaskedLM(Task):
         if tokenizer.mask_token_id is None:
             raise ConfigError(f"model.name_or_path: '{spec.model.name_or_path}' has no mask token; masked_lm is "
                               "for encoders (BERT-class). For GPT-class models use task causal_lm with text records")
-        self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
         texts = read_examples(spec.data.train_file, spec.data, need_label=False)
         if spec.data.eval_file is not None:
             held_out = read_examples(spec.data.eval_file, spec.data, need_label=False)
@@ -131,8 +131,8 @@ class MaskedLM(Task):
         import torch
 
         options = self.spec.mlm
-        pairs = [mask_example(dataset, i, options.probability, options.whole_word, self.mask_id, self.vocab_size)
-                 for i in indices]
+        pairs = [mask_example(dataset, i, options.probability, options.whole_word, dataset.mask_id,
+                              dataset.vocab_size) for i in indices]
         rows = [inputs for inputs, _ in pairs]
         return {"input_ids": pad(rows, pad_id), "attention_mask": attention_mask(rows),
                 "labels": pad([labels for _, labels in pairs], IGNORE), "index": torch.tensor(indices)}
@@ -169,10 +169,6 @@ class MaskedLM(Task):
         return (f"eval masked-token loss {metrics['loss']:.4f}  perplexity {metrics['perplexity']:.2f}  "
                 f"accuracy {metrics['masked_accuracy']:.4f}  ({metrics['num_examples']} texts, "
                 f"{metrics['masked_tokens']} masked tokens)")
-
-    def evaluate_saved(self, model, tokenizer, out, data=None) -> dict:
-        self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
-        return super().evaluate_saved(model, tokenizer, out, data)
 
     @classmethod
     def predict_file(cls, checkpoint, trained, input_file, output_file, options) -> int:
