@@ -39,9 +39,9 @@ class EncoderBaseline(ClassificationMethod):
 
         self.encoder = SentenceTransformer(resolve_model_path(spec.model.name_or_path), device="cpu")
         self.encoder.max_seq_length = spec.model.max_length
-        separator = f" {self.encoder.tokenizer.sep_token or '|'} "
-        self.train_texts = self._texts(self.data.train, separator)
-        self.eval_texts = self._texts(self.data.eval, separator)
+        self.separator = f" {self.encoder.tokenizer.sep_token or '|'} "
+        self.train_texts = self._texts(self.data.train, self.separator)
+        self.eval_texts = self._texts(self.data.eval, self.separator)
         self.embed(self.encoder, self.eval_texts[:8])  # warm-up: the timings below are the work, not first calls
 
     @staticmethod
@@ -52,6 +52,23 @@ class EncoderBaseline(ClassificationMethod):
 
     def training_set(self, seed: int) -> list[int]:
         return draw_per_class(self.data.train.labels, self.fewshot.k, seed, str(self.spec.data.train_file))
+
+    def training_examples(self, seed: int) -> tuple[list[str], list[int], list[int], dict]:
+        """The seed's k per class, followed by their augmented variants when data.augment asks for them, and
+        the original each text comes from."""
+        chosen = self.training_set(seed)
+        texts, labels = [self.train_texts[i] for i in chosen], [self.data.train.labels[i] for i in chosen]
+        augment = self.spec.data.augment
+        if not augment.copies:
+            return texts, labels, list(range(len(chosen))), {"train_examples": len(chosen)}
+        from tlscale.data.augment import augment_examples
+        from tlscale.models.synonyms import synonym_table
+
+        table = synonym_table(augment, self.encoder.tokenizer,
+                              lambda: self.encoder[0].auto_model.get_input_embeddings().weight)
+        merged, origins, facts = augment_examples(self.data.train.subset(chosen), augment, seed, table)
+        return (self._texts(merged, self.separator), merged.labels, origins,
+                {"train_examples": len(chosen), "augmented_examples": facts["variants"]})
 
     def timed_embed(self, model, texts: list[str]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
@@ -70,13 +87,14 @@ class EncoderBaseline(ClassificationMethod):
         return np.stack([self.embed(model, phrases).mean(0) for phrases in verbalize(self.label_names,
                                                                                       self.fewshot.verbalizer)])
 
-    def predict(self, model, train_vectors: np.ndarray, labels: list[int], eval_vectors: np.ndarray, seed: int):
+    def predict(self, model, train_vectors: np.ndarray, labels: list[int], eval_vectors: np.ndarray, seed: int,
+                groups: list[int] | None = None):
         described = self.label_descriptions(model)
         if described is not None:  # how much closer to label c's description than to the first label's
             contrasts = (described[1:] - described[0]).T
             train_vectors, eval_vectors = (np.hstack([v, DESCRIPTION_SCALE * v @ contrasts])
                                            for v in (train_vectors, eval_vectors))
-        head, c = fit_head(train_vectors, labels, seed)
+        head, c = fit_head(train_vectors, labels, seed, groups)
         self.head_params = int(head.coef_.size + head.intercept_.size)
         probs = np.zeros((len(eval_vectors), len(self.label_names)))
         probs[:, head.classes_] = head.predict_proba(eval_vectors)
@@ -93,12 +111,11 @@ class LinearProbe(EncoderBaseline):
 
     def run(self, seed: int) -> SeedResult:
         started = time.perf_counter()
-        chosen = self.training_set(seed)
-        labels = [self.data.train.labels[i] for i in chosen]
-        vectors = self.embed(self.encoder, [self.train_texts[i] for i in chosen])
-        probs, c = self.predict(self.encoder, vectors, labels, self.eval_vectors, seed)
+        texts, labels, origins, counts = self.training_examples(seed)
+        vectors = self.embed(self.encoder, texts)
+        probs, c = self.predict(self.encoder, vectors, labels, self.eval_vectors, seed, origins)
         train_s = time.perf_counter() - started  # (the head's predictions on the cached vectors: milliseconds)
-        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen),
+        metrics, rows = self.score(probs, {"head_C": c, **counts,
                                            "trainable_params": self.head_params, "train_seconds": round(train_s, 3),
                                            "predict_seconds": round(self.eval_embed_s, 3)})
         return SeedResult(metrics, rows)
@@ -127,17 +144,15 @@ class SetFit(EncoderBaseline):
     different-class pairs apart (cosine similarity regressed to 1 / 0), then the probe's head."""
 
     def run(self, seed: int) -> SeedResult:
-        chosen = self.training_set(seed)
-        texts = [self.train_texts[i] for i in chosen]
-        labels = [self.data.train.labels[i] for i in chosen]
         started = time.perf_counter()
+        texts, labels, origins, counts = self.training_examples(seed)
         model = copy.deepcopy(self.encoder)
         steps, first_loss, final_loss = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
         train_vectors = self.embed(model, texts)
         train_s = time.perf_counter() - started
         eval_vectors, predict_s = self.timed_embed(model, self.eval_texts)
-        probs, c = self.predict(model, train_vectors, labels, eval_vectors, seed)
-        metrics, rows = self.score(probs, {"head_C": c, "train_examples": len(chosen), "pair_steps": steps,
+        probs, c = self.predict(model, train_vectors, labels, eval_vectors, seed, origins)
+        metrics, rows = self.score(probs, {"head_C": c, **counts, "pair_steps": steps,
                                            "first_pair_loss": first_loss, "final_pair_loss": final_loss,
                                            "trainable_params": self.head_params + sum(
                                                p.numel() for p in model.parameters() if p.requires_grad),
@@ -145,14 +160,15 @@ class SetFit(EncoderBaseline):
         return SeedResult(metrics, rows)
 
 
-def fit_head(vectors: np.ndarray, labels: list[int], seed: int):
+def fit_head(vectors: np.ndarray, labels: list[int], seed: int, groups: list[int] | None = None):
     """Logistic regression with C chosen by cross-validated accuracy on the training examples (ties: smaller
     C): leave-one-out up to LOO_MAX examples, beyond that CV_FOLDS stratified folds (the same choice for a
-    fraction of the fits: 512 examples would be 2,048 fits by leave-one-out)."""
+    fraction of the fits: 512 examples would be 2,048 fits by leave-one-out). `groups` (the original of each
+    augmented variant) keeps a variant in its original's fold: held out together, never on both sides."""
     LogisticRegression = require("sklearn.linear_model").LogisticRegression  # the 'fewshot' extra
 
     labels = np.asarray(labels)
-    folds = _folds(labels, seed)
+    folds = _folds(labels, seed, None if groups is None else np.asarray(groups))
     best_c, best = HEAD_C[0], -1.0
     for c in HEAD_C:
         hits = 0
@@ -170,16 +186,22 @@ LOO_MAX = 64
 CV_FOLDS = 8
 
 
-def _folds(labels: np.ndarray, seed: int) -> list[np.ndarray]:
-    """Held-out index sets: one example each (leave-one-out), or stratified folds for larger sets."""
-    if len(labels) <= LOO_MAX:
-        return [np.array([i]) for i in range(len(labels))]
+def _folds(labels: np.ndarray, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """Held-out index sets: one group each (leave-one-out: an example and its variants), or stratified folds
+    of groups for larger sets."""
+    groups = np.arange(len(labels)) if groups is None else groups
+    first = {}
+    for i, g in enumerate(groups):
+        first.setdefault(int(g), i)
+    if len(first) <= LOO_MAX:
+        return [np.flatnonzero(groups == g) for g in first]
     rng = np.random.default_rng(seed)
     folds = [[] for _ in range(CV_FOLDS)]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        for n, i in enumerate(members):
-            folds[n % CV_FOLDS].append(i)
+    group_labels = np.array([labels[i] for i in first.values()])
+    group_ids = np.array(list(first))
+    for label in np.unique(group_labels):
+        for n, g in enumerate(rng.permutation(group_ids[group_labels == label])):
+            folds[n % CV_FOLDS].extend(np.flatnonzero(groups == g))
     return [np.array(sorted(f)) for f in folds if f]
 
 

@@ -136,6 +136,7 @@ def cell_spec(base: dict, spec: JobSpec, entry: LadderMethod, budget, seed: int,
     raw = apply_overrides(raw, entry.overrides)
     training = raw["training"]
     examples = pool.train_examples if budget == "all" else budget * pool.classes
+    examples *= 1 + (raw["data"].get("augment") or {}).get("copies", 0)  # (at most: repeated variants are dropped)
     steps_per_epoch = math.ceil(examples / (training["batch_size"] * training.get("grad_accum_steps", 1)))
     training["epochs"] = max(training["epochs"], math.ceil(ladder.min_steps / steps_per_epoch))
     return raw

@@ -158,6 +158,29 @@ class ModelSpec(Section):
         return keep
 
 
+AUGMENT_OPERATIONS = ("synonym", "insert", "swap", "delete")
+
+
+class AugmentSpec(Section):
+    """data.augment: label-preserving variants of each training example (EDA), for tiny labelled sets."""
+
+    copies: int = Field(0, ge=0, le=64, description="Variants per labelled training example (0: off). Each is "
+                        "made by one operation, taken in turn from `operations`; the evaluation set is never "
+                        "augmented. EDA suggests 16 below 500 examples, 4 beyond.")
+    operations: list[Literal[AUGMENT_OPERATIONS]] = Field(
+        list(AUGMENT_OPERATIONS), min_length=1, description="synonym: replace words by synonyms; insert: insert a "
+        "synonym of a word at a random place; swap: exchange two words; delete: drop each word with probability "
+        "`rate`. Negations and contrast words (not, never, but, ...) are never touched.")
+    rate: float = Field(0.1, gt=0.0, le=0.5, description="Share of a text's words each operation changes (EDA's "
+                        "alpha; at least one word).")
+    synonyms_file: UserPath | None = Field(
+        None, description="A JSON object {word: [synonyms]} to use instead of the table derived from the model's "
+        "input embeddings (close, mutual nearest neighbours among whole words).")
+    min_similarity: float = Field(0.55, ge=0.0, le=1.0, description="Derived table: the cosine similarity of "
+                                  "input embeddings a synonym needs (0.55 for MiniLM keeps good/great, bad/terrible "
+                                  "and drops good/bad; check the table's words for another model).")
+
+
 class DataSpec(Section):
     train_file: UserPath = Field(description="Training data: csv, tsv, jsonl, json or parquet (QA: SQuAD JSON too). ${VAR} and ~ expand.")
     eval_file: UserPath | None = Field(None, description="If absent, a seeded stratified split of train_file.")
@@ -178,6 +201,8 @@ class DataSpec(Section):
     seed: int | None = Field(None, description="Seed of limit, eval_limit and the held-out split (default: the "
                              "spec's seed), so runs of several seeds can draw their per_class budgets from one pool.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share when eval_file is absent.")
+    augment: AugmentSpec = Field(AugmentSpec(), description="Augmentation of the training examples for tiny "
+                                 "labelled sets (text_classification and the few-shot encoder baselines).")
 
     @field_validator("labels")
     @classmethod
@@ -628,6 +653,9 @@ class JobSpec(Section):
             raise ValueError(f"fewshot.method: '{fewshot.method}' classifies; extractive_qa supports 'prompt'")
         if self.task == "extractive_qa" and fewshot.selection == "balanced":
             raise ValueError("fewshot.selection: 'balanced' needs classes; use random or knn for extractive_qa")
+        if fewshot.method in ("prompt", "zero_shot") and self.data.augment.copies:
+            raise ValueError(f"data.augment: fewshot.method '{fewshot.method}' trains nothing on the examples; "
+                             "augmentation serves linear_probe, setfit and the training strategies")
         if fewshot.method == "zero_shot" and fewshot.verbalizer is None:
             raise ValueError("fewshot.verbalizer: zero_shot compares each input to descriptions of the labels; give "
                              "phrases per label, e.g. {negative: ['a bad film'], positive: ['a good film']}")
@@ -649,6 +677,9 @@ class JobSpec(Section):
         if self.task != "text_classification":
             if self.data.per_class is not None:
                 raise ValueError(f"data.per_class: a budget per class needs classes; task '{self.task}' has none")
+            if self.data.augment.copies:
+                raise ValueError(f"data.augment: label-preserving augmentation is for task text_classification, "
+                                 f"found '{self.task}'")
             if self.ladder is not None:
                 raise ValueError(f"ladder: label budgets per class need task text_classification, found '{self.task}'")
         if self.ladder is not None and "zero_shot" in [m.name for m in self.ladder.methods] and (

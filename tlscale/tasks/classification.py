@@ -18,6 +18,16 @@ if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data 
     import torch
 
 
+def augment(spec, examples, tokenizer):
+    """EDA variants of the labelled examples (tlscale/data/augment.py), synonyms from the model's embeddings."""
+    from tlscale.data.augment import augment_examples
+    from tlscale.models.synonyms import input_embeddings, synonym_table
+
+    table = synonym_table(spec.data.augment, tokenizer, lambda: input_embeddings(spec.model.name_or_path))
+    augmented, _, facts = augment_examples(examples, spec.data.augment, spec.seed, table)
+    return augmented, facts
+
+
 @TASKS.register("text_classification")
 class TextClassification(Task):
     name = "text_classification"
@@ -33,8 +43,10 @@ class TextClassification(Task):
         data = build_classification_data(spec.data, spec.seed)
         notes = {"eval_sha256": fingerprint(data.eval, data.label_names)}
         examples = data.train
+        if spec.data.augment.copies:
+            examples, notes["augment"] = augment(spec, examples, tokenizer)
         if spec.distill.enabled:
-            examples, facts = transfer_examples(spec, data.train, data.eval)
+            examples, facts = transfer_examples(spec, examples, data.eval)
         train = tokenize(examples, tokenizer, spec.model.max_length)
         if spec.distill.enabled:
             train, lineage = attach_teacher(train, examples, spec, data.label_names)
