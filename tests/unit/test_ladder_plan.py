@@ -52,6 +52,22 @@ def test_the_plan_makes_one_cell_per_method_budget_and_seed(tmp_path, small_sst2
     assert all(c.spec["output_dir"] == str(c.folder / "run") for c in cells)
 
 
+def test_a_methods_nested_overrides_stay_in_its_own_cells(tmp_path, small_sst2):
+    """data.augment.copies on "+ EDA" entries must not leak into the plain entries planned beside them (a
+    shared nested dict once made both arms of a with/without comparison augmented)."""
+    eda = ["data.augment.copies=4"]
+    raw = ladder_spec(tmp_path, *small_sst2, methods=[
+        "linear_probe", {"name": "linear_probe", "label": "probe + EDA", "overrides": [*eda, "fewshot.setfit.epochs=3"]},
+        "full", {"name": "full", "label": "full + EDA", "overrides": eda}, "setfit"], budgets=[4], seeds=[0])
+    cells = {c.method: c.spec for c in plan(JobSpec.model_validate(raw), read_pool(JobSpec.model_validate(raw)),
+                                            tmp_path / "ladder")}
+    copies = {m: JobSpec.model_validate(s).data.augment.copies for m, s in cells.items()}
+    assert copies == {"linear_probe": 0, "probe + EDA": 4, "full": 0, "full + EDA": 4, "setfit": 0}
+    assert JobSpec.model_validate(cells["setfit"]).fewshot.setfit.epochs != 3
+    # min_steps 6 at batch 8: 8 examples are 1 step per epoch; with up to 4 variants each, 5 steps
+    assert (cells["full"]["training"]["epochs"], cells["full + EDA"]["training"]["epochs"]) == (6, 2)
+
+
 def test_prompt_cells_use_the_causal_lm_and_draw_demonstrations_from_the_budget(tmp_path, small_sst2):
     spec = JobSpec.model_validate(ladder_spec(tmp_path, *small_sst2, methods=["zero_shot", "prompt"],
                                               prompt_model="tiny:gpt2", prompt_k=2, budgets=[4, 8]))

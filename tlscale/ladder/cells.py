@@ -107,8 +107,11 @@ def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
 
 
 def cell_spec(base: dict, spec: JobSpec, entry: LadderMethod, budget, seed: int, pool: Pool) -> dict:
+    import copy
+
     from tlscale.spec.loading import apply_overrides
 
+    base = copy.deepcopy(base)  # a method's nested overrides (data.augment.*, fewshot.setfit.*) stay its own
     ladder = spec.ladder
     raw = {k: v for k, v in base.items() if k not in ("fewshot", "strategy")}
     raw["data"] = {**base["data"], "seed": spec.seed if spec.data.seed is None else spec.data.seed}  # one pool
