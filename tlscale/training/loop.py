@@ -177,8 +177,14 @@ def _summary(s: Session) -> str:
     fp32 = f" (fp32: {memory['weights_fp32_mb']:,.1f} MB)" if memory["quantized"] else ""
     return (f"{s.spec.strategy.name}: {trainable:,} trainable of {total:,} parameters "
             f"({100 * trainable / max(total, 1):.2f}%), weights {memory['weights_mb']:,.1f} MB{fp32}; "
-            f"{len(s.data.train)} train / {len(s.data.eval)} eval examples, {s.total_steps} steps; "
+            f"{len(s.data.train)} train{_variants(s.data.notes)} / {len(s.data.eval)} eval examples, "
+            f"{s.total_steps} steps; "
             f"{distribution_in_words(s.spec, s.world)}")
+
+
+def _variants(notes: dict) -> str:
+    augment = notes.get("augment")
+    return f" ({augment['labelled']:,} labelled + {augment['variants']:,} augmented)" if augment else ""
 
 
 def distribution_in_words(spec: JobSpec, world: int) -> str:
