@@ -4,9 +4,10 @@ two words, deletion of words) touching about `rate` of its words. No network at 
 the model's own input embeddings (tlscale/models/synonyms.py) or from a file the user gives.
 
 Two guards for labels: negations, contrast, frequency and degree words ("not", "but", "often", "little", ...)
-are never deleted, moved or replaced, and a variant equal to its original (or to an earlier variant) is dropped. What no guard catches: a nearest neighbour in
-embedding space can be an antonym ("good" -> "bad"), which is why the embedding table keeps only close,
-mutual neighbours. Variants are seeded by (seed, example, copy): the same on every process and rerun.
+are never deleted, moved or replaced, and a variant equal to its original (or to an earlier variant) is
+dropped. What no guard catches: a nearest neighbour in embedding space can be an antonym ("good" -> "bad"),
+which is why the embedding table keeps only close, mutual neighbours. Variants are seeded by (seed, example,
+copy): the same on every process and rerun.
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def augment_examples(examples: Examples, options, seed: int,
                 pairs.append(examples.pairs[i])
     merged = Examples(examples.texts + texts, examples.pairs + pairs if examples.pairs is not None else None,
                       examples.raw_labels + raw, examples.where + where, list(examples.labels) + labels)
-    return merged, origins, {"labelled": originals, "variants": len(texts), "by_operation": counts,
-                    "synonym_words": len(synonyms)}
+    facts = {"labelled": originals, "variants": len(texts), "by_operation": counts, "synonym_words": len(synonyms)}
+    return merged, origins, facts
 
 
 def vary(text: str, operation: str, rate: float, rng: random.Random, synonyms: dict[str, list[str]]) -> str:
