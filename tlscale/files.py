@@ -7,6 +7,11 @@ import shutil
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """Where derived artefacts are kept between runs (tiny models, teacher outputs, synonym tables)."""
+    return Path(os.environ.get("TLSCALE_CACHE", Path.home() / ".cache" / "tlscale"))
+
+
 def write_json_atomic(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value, indent=2) + "\n")

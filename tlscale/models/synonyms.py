@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tlscale.data.augment import PROTECTED, STOPWORDS
 from tlscale.errors import ConfigError
+from tlscale.files import cache_root
 
 NEIGHBOURS = 8  # candidates per word before the similarity and mutuality filters
 CHUNK = 2048
@@ -27,8 +28,7 @@ def synonym_table(augment, tokenizer, embeddings) -> dict[str, list[str]]:
     weight = embeddings()
     key = hashlib.sha256(weight.detach().float().contiguous().numpy().tobytes())
     key.update(f"{augment.min_similarity}:{NEIGHBOURS}:{len(tokenizer)}".encode())
-    cache = Path(os.environ.get("TLSCALE_CACHE", Path.home() / ".cache" / "tlscale")) / "synonyms" / (
-        key.hexdigest()[:24] + ".json")
+    cache = cache_root() / "synonyms" / (key.hexdigest()[:24] + ".json")
     if cache.is_file():
         return json.loads(cache.read_text())
     table = derive_synonyms(tokenizer, weight, augment.min_similarity)

@@ -10,14 +10,14 @@ import shutil
 from pathlib import Path
 
 from tlscale.errors import ConfigError
+from tlscale.files import cache_root
 
 TINY_ARCHS = ("bert", "gpt2", "llama")
 VERSION = 3  # bump when the configs change: cached folders are keyed by it
 
 
 def tiny_model_dir(arch: str) -> Path:
-    root = Path(os.environ.get("TLSCALE_CACHE", Path.home() / ".cache" / "tlscale"))
-    path = root / f"tiny-{arch}-v{VERSION}"
+    path = cache_root() / f"tiny-{arch}-v{VERSION}"
     if not (path / "config.json").is_file():
         build_tiny_model(arch, path)
     return path

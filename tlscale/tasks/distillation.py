@@ -20,6 +20,7 @@ from pydantic import Field, PositiveInt
 from tlscale.data.batching import Encoded, no_grad, sequential_batches
 from tlscale.data.classification import Examples, read_examples
 from tlscale.errors import ConfigError, DataError
+from tlscale.files import cache_root
 from tlscale.spec.schema import TaskOptions, UserPath
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
@@ -197,7 +198,7 @@ def model_folder(teacher: Path) -> tuple[Path, dict]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TLSCALE_CACHE", Path.home() / ".cache" / "tlscale")) / "teacher"
+    return cache_root() / "teacher"
 
 
 def cache_key(folder: Path, examples: Examples, max_length: int, features: bool) -> str:
