@@ -21,10 +21,17 @@ def accelerator_kwargs(spec: JobSpec) -> dict:
     # cpu=True is what makes DDP run on CPU, but Accelerate silently drops DeepSpeed when it is set:
     # DeepSpeed finds the CPU by itself.
     kwargs: dict = {"mixed_precision": spec.training.mixed_precision, "cpu": on_cpu and not deepspeed}
+    handlers = []
     if world_size() > 1 and on_cpu:
         # Without an explicit gloo handler Accelerate sees one process on CPU and DeepSpeed's
         # batch-size check fails (see PLATFORM-NOTES); with it DDP and ZeRO run over gloo.
-        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if not _task_class(spec).uses_every_parameter:  # multi_task: the other tasks' heads get no gradient
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
+    if handlers:
+        kwargs["kwargs_handlers"] = handlers
     if deepspeed:
         require("deepspeed", "deepspeed")
         from accelerate.utils import DeepSpeedPlugin
@@ -33,6 +40,12 @@ def accelerator_kwargs(spec: JobSpec) -> dict:
 
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(spec))
     return kwargs
+
+
+def _task_class(spec: JobSpec):
+    from tlscale.tasks import TASKS
+
+    return TASKS.get(spec.task, field="task")
 
 
 def check_backend(accelerator, spec: JobSpec) -> None:

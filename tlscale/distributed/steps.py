@@ -19,12 +19,6 @@ def usable_batches(n_batches: int, dist, training) -> int:
     return n_batches
 
 
-def batches_per_epoch(n_examples: int, world: int, dist, training) -> int:
-    """Micro-batches of one epoch; a last batch smaller than the world cannot give every rank an example."""
-    full, tail = divmod(n_examples, training.batch_size)
-    return usable_batches(full + (tail >= world), dist, training)
-
-
 def loss_scale(accelerator, dist, training, global_weight: int) -> float:
     """Multiply each micro-batch's (mean loss x its weight) by this to get one process's gradient."""
     deepspeed_gas = training.grad_accum_steps if dist.backend == "deepspeed" else 1

@@ -16,6 +16,7 @@ class Metric:
     name: str
     direction: str  # "max": higher is better; "min": lower is better
     description: str
+    scale: float = 1.0  # the value of a perfect score (100 for the SQuAD percentages); multi_task averages value / scale
 
     def better(self, value: float, than: float | None) -> bool:
         return than is None or (value > than if self.direction == "max" else value < than)
@@ -24,18 +25,18 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def register_metric(name: str, direction: str, description: str) -> Metric:
+def register_metric(name: str, direction: str, description: str, scale: float = 1.0) -> Metric:
     if direction not in ("max", "min"):
         raise ValueError(f"metric '{name}': direction must be 'max' or 'min', not '{direction}'")
-    return METRICS.register(name)(Metric(name, direction, description))
+    return METRICS.register(name)(Metric(name, direction, description, scale))
 
 
 register_metric("accuracy", "max", "share of examples whose most probable label is the gold one")
 register_metric("f1_macro", "max", "F1 per class, averaged over classes (each class counts the same)")
 register_metric("ece", "min", "expected calibration error: |confidence - accuracy| over probability bins")
 register_metric("loss", "min", "mean cross-entropy (per example; per token for language models)")
-register_metric("exact_match", "max", "SQuAD exact match (%), answers normalised as the official script does")
-register_metric("f1", "max", "SQuAD token-overlap F1 (%), best over the gold answers")
+register_metric("exact_match", "max", "SQuAD exact match (%), answers normalised as the official script does", 100.0)
+register_metric("f1", "max", "SQuAD token-overlap F1 (%), best over the gold answers", 100.0)
 register_metric("perplexity", "min", "exp(loss) over held-out completion tokens")
 
 

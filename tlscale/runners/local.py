@@ -115,13 +115,8 @@ def verify_launched_run(spec: JobSpec, metrics: dict, data=None) -> dict:
     data preflight prepared (else it is prepared again)."""
     from tlscale.models import load_tokenizer
     from tlscale.tasks import build_task
-    from tlscale.training.verify import fixed_batch, verify_adapter, verify_saved_model
 
     tokenizer = load_tokenizer(spec.model)
     task = build_task(spec)
-    batch = fixed_batch(task, (data or task.prepare(tokenizer)).eval, tokenizer.pad_token_id)
-    report = verify_saved_model(spec.output_dir / "model", batch, metrics["fixed_batch_loss"], task.auto_class,
-                                spec.training.mixed_precision)
-    if (spec.output_dir / "model-adapter").is_dir():
-        report["adapter"] = verify_adapter(spec.output_dir / "model-adapter")
-    return report
+    return task.verify_saved(spec.output_dir / "model", data or task.prepare(tokenizer), tokenizer.pad_token_id,
+                             metrics["fixed_batch_loss"], spec.training.mixed_precision)

@@ -436,8 +436,9 @@ class FewshotSpec(Section):
 class TaskOptions(Section):
     """A task's own spec section (Task.options, e.g. QaOptions under `qa:` in tlscale/tasks/extractive_qa.py)."""
 
-    def problems(self, spec: JobSpec) -> dict[str, str]:
-        """{field: message} for values that do not fit the rest of the spec (read after it validated)."""
+    def problems(self, spec: JobSpec) -> dict[str | tuple, str]:
+        """{field: message} for values that do not fit the rest of the spec (read after it validated); a
+        field inside lists or sections is a tuple path, e.g. ("tasks", 0, "data", "train_file")."""
         return {}
 
 
@@ -459,6 +460,31 @@ def task_option_sections() -> dict[str, list[tuple[str, type[TaskOptions]]]]:
         if key and options:
             sections.setdefault(key, []).append((name, options))
     return sections
+
+
+def _data_presence(task: Any, value: dict) -> list:
+    """`data` is required, except by a task that reads each part's data itself (multi_task), which refuses it."""
+    tasks = _registry("tlscale.tasks", "TASKS")
+    if tasks is None or not isinstance(task, str) or task not in tasks:
+        return []
+    if getattr(tasks.get(task), "reads_data", True):
+        return [] if "data" in value else [{"type": "missing", "loc": ("data",), "input": value}]
+    if "data" in value:
+        return [_value_error(("data",), f"task '{task}' takes each task's data in its own section (under "
+                             f"{task_options_class(task)[0]}); remove the top-level data", value["data"])]
+    return []
+
+
+def _value_at(section: Any, path: tuple) -> Any:
+    """The value at a path (field names and list indices) inside an options section, or None."""
+    for part in path:
+        if isinstance(part, int) and isinstance(section, (list, tuple)) and part < len(section):
+            section = section[part]
+        elif isinstance(section, BaseModel):
+            section = getattr(section, part, None) if isinstance(part, str) else None
+        else:
+            return None
+    return section
 
 
 def _error_details(exc: ValidationError, prefix: tuple = ()) -> list:
@@ -562,7 +588,8 @@ class JobSpec(Section):
     seed: Seed = Field(42, description="Seeds data splits, shuffling, head initialisation and dropout.")
     output_dir: UserPath = Field(description="The run folder: new, empty or an earlier run of this spec (see --resume/--overwrite).")
     model: ModelSpec = Field(description="The pretrained model and how it is loaded.")
-    data: DataSpec = Field(description="Training and evaluation files, columns and labels.")
+    data: DataSpec | None = Field(None, description="Training and evaluation files, columns and labels (multi_task: "
+                                  "each task's own, under multi_task.tasks).")
     strategy: SerializeAsAny[StrategySpec] = Field(  # the options model of the named strategy, dumped whole
         StrategySpec(), description="The transfer strategy: what trains, and when.")
     training: TrainingSpec = Field(TrainingSpec(), description="Optimisation, evaluation and checkpointing during training.")
@@ -598,9 +625,10 @@ class JobSpec(Section):
         pydantic words them."""
         if not isinstance(value, dict):
             return handler(value)
-        own_key, own_model = task_options_class(value.get("task", cls.model_fields["task"].default))
+        task = value.get("task", cls.model_fields["task"].default)
+        own_key, own_model = task_options_class(task)
         others = task_option_sections()
-        errors, options = [], {}
+        errors, options = _data_presence(task, value), {}
         for key in [k for k in value if k not in cls.model_fields]:
             section = value[key]
             if key == own_key:
@@ -623,8 +651,9 @@ class JobSpec(Section):
             raise ValidationError.from_exception_data(cls.__name__, errors)
         if own_key and own_key not in options:
             options[own_key] = own_model()
-        errors = [_value_error((key, field), message, getattr(section, field, None))
-                  for key, section in options.items() for field, message in section.problems(spec).items()]
+        errors = [_value_error((key, *path), message, _value_at(section, path))
+                  for key, section in options.items() for field, message in section.problems(spec).items()
+                  for path in [field if isinstance(field, tuple) else (field,)]]
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         spec.__pydantic_extra__.clear()
@@ -675,9 +704,9 @@ class JobSpec(Section):
     @model_validator(mode="after")
     def _budgets_fit_task(self) -> JobSpec:
         if self.task != "text_classification":
-            if self.data.per_class is not None:
+            if self.data is not None and self.data.per_class is not None:
                 raise ValueError(f"data.per_class: a budget per class needs classes; task '{self.task}' has none")
-            if self.data.augment.copies:
+            if self.data is not None and self.data.augment.copies:
                 raise ValueError(f"data.augment: label-preserving augmentation is for task text_classification, "
                                  f"found '{self.task}'")
             if self.ladder is not None:

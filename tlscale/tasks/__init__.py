@@ -1,5 +1,5 @@
 """Tasks: what the loop trains and how it is scored. Importing this package registers the built-in ones."""
-from tlscale.tasks import causal_lm, classification, extractive_qa, masked_lm  # noqa: F401  (registers)
+from tlscale.tasks import causal_lm, classification, extractive_qa, masked_lm, multi_task  # noqa: F401  (registers)
 from tlscale.tasks.base import TASKS, Task, TaskData
 
 

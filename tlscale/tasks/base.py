@@ -33,6 +33,8 @@ class Task:
     caches_features = False  # feature_extraction may cache pooled backbone outputs
     options = None  # a TaskOptions model: the task's own spec section, read as spec.<options_key>
     options_key: str | None = None  # that section's key ("qa" for extractive_qa)
+    reads_data = True  # False: the spec has no top-level `data` (multi_task: each task names its own)
+    uses_every_parameter = True  # False: a step may leave parameters without gradients (DDP must look for them)
 
     def __init__(self, spec):
         self.spec = spec
@@ -50,6 +52,20 @@ class Task:
 
     def start_epoch(self, data: TaskData, epoch: int) -> None:
         """Called before each epoch (and a resumed one) on every rank: per-epoch data such as fresh masks."""
+
+    def batch_count(self, train, batch_size: int, world: int) -> int:
+        """Micro-batches of one epoch (what epoch_batches returns); a last batch smaller than the world
+        cannot give every rank an example."""
+        full, tail = divmod(len(train), batch_size)
+        return full + (tail >= world)
+
+    def epoch_batches(self, train, batch_size: int, seed: int, group_by_length: bool, world: int) -> list[list[int]]:
+        """The epoch's global batches of training indices, in order (seed: the run's and the epoch's)."""
+        from tlscale.data.batching import length_grouped_batches, shuffled_batches
+
+        batches = (length_grouped_batches([len(ids) for ids in train.input_ids], batch_size, seed)
+                   if group_by_length else shuffled_batches(len(train), batch_size, seed))
+        return [b for b in batches if len(b) >= world]
 
     def collate(self, dataset, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         """A padded batch with labels and an `index` tensor naming the examples."""
@@ -71,6 +87,37 @@ class Task:
 
     def headline(self, metrics: dict) -> str:
         return " ".join(f"{k}={metrics[k]:.4f}" for k in self.metrics if isinstance(metrics.get(k), float))
+
+    # --- the trained model: saved at the end (and when best), checked after saving ----------------------
+
+    def save_model(self, accelerator, model, tokenizer, data: TaskData, spec_yaml: str, folder: Path) -> None:
+        """A save_pretrained folder plain transformers loads (every rank calls it: ZeRO-3 gathers)."""
+        from tlscale.training.checkpoints import save_model
+
+        save_model(accelerator, model, tokenizer, data.label_names, spec_yaml, folder)
+
+    def load_weights(self, model, folder: Path) -> None:
+        """Load a folder save_model wrote (the best model kept during training) into the live model."""
+        from tlscale.training.checkpoints import load_model_weights
+
+        load_model_weights(model, folder)
+
+    def probe_loss(self, model, data: TaskData, pad_id: int, device) -> float | dict:
+        """The live model's loss on a fixed evaluation batch, which the saved model must reproduce."""
+        from tlscale.training.verify import batch_loss, fixed_batch
+
+        return batch_loss(model, fixed_batch(self, data.eval, pad_id), device)
+
+    def verify_saved(self, folder: Path, data: TaskData, pad_id: int, expected, mixed_precision: str) -> dict:
+        """Reload what save_model wrote and check it gives probe_loss's figure (tlscale/training/verify.py)."""
+        from tlscale.training.checkpoints import adapter_dir
+        from tlscale.training.verify import fixed_batch, verify_adapter, verify_saved_model
+
+        report = verify_saved_model(folder, fixed_batch(self, data.eval, pad_id), expected, self.auto_class,
+                                    mixed_precision)
+        if adapter_dir(folder).is_dir():
+            report["adapter"] = verify_adapter(adapter_dir(folder))
+        return report
 
     # --- saved models: `tlscale eval`, `predict`, `export` --------------------------------------------
 

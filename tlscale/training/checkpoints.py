@@ -110,6 +110,19 @@ def save_model(accelerator, model, tokenizer, label_names: list[str], spec_yaml:
     accelerator.wait_for_everyone()
 
 
+def load_model_weights(model, folder: Path) -> None:
+    """Weights save_model wrote, loaded into the live model (its PEFT adapter for a LoRA model)."""
+    from safetensors.torch import load_file
+
+    if hasattr(model, "peft_config"):
+        from tlscale.errors import require
+
+        set_peft_model_state_dict = require("peft").set_peft_model_state_dict
+        set_peft_model_state_dict(model, load_file(str(adapter_dir(folder) / "adapter_model.safetensors")))
+    else:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+
+
 def save_adapter(peft_model, tokenizer, label_names, spec_yaml: str, path: Path, state_dict=None) -> None:
     """A PEFT adapter folder that is self-contained for tlscale (tokenizer, labels, spec beside it).
     state_dict: the gathered full weights under ZeRO-3, where the live parameters are empty shards

@@ -18,7 +18,7 @@ import torch
 from tlscale.errors import ConfigError, TlscaleError
 from tlscale.logs import log
 from tlscale.spec import JobSpec
-from tlscale.training.checkpoints import TrainState, load_training_state, save_model, save_training_state
+from tlscale.training.checkpoints import TrainState, load_training_state, save_training_state
 from tlscale.training.run import Reporter, Run, RunResult
 
 
@@ -82,7 +82,7 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     from accelerate import Accelerator
 
     from tlscale.distributed.accelerate_setup import accelerator_kwargs, check_backend, fresh_accelerator_state
-    from tlscale.distributed.steps import batches_per_epoch
+    from tlscale.distributed.steps import usable_batches
     from tlscale.strategies import count_parameters, parameter_groups
     from tlscale.training.schedule import lr_schedule
     from tlscale.training.tracking import trackers_for
@@ -104,7 +104,8 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     parameters = count_parameters(model)
     optimizer = torch.optim.AdamW(parameter_groups(model, training, spec.strategy, strategy.unfreezes_later),
                                   lr=training.lr, fused=dist.backend != "deepspeed")  # one kernel per step
-    per_epoch = batches_per_epoch(len(data.train), accelerator.num_processes, dist, training)
+    per_epoch = usable_batches(task.batch_count(data.train, training.batch_size, accelerator.num_processes),
+                               dist, training)
     steps_per_epoch = math.ceil(per_epoch / training.grad_accum_steps)
     total_steps = min(steps_per_epoch * training.epochs, training.max_steps or math.inf)
     scheduler = lr_schedule(training.scheduler, optimizer, int(training.warmup_ratio * total_steps), total_steps)
@@ -204,14 +205,12 @@ def distribution_in_words(spec: JobSpec, world: int) -> str:
 
 def run_epoch(s: Session) -> bool:
     """One pass over the shuffled batches (or the rest of it after a resume); False if asked to stop."""
-    from tlscale.data.batching import length_grouped_batches, shard_global_batches, shuffled_batches
+    from tlscale.data.batching import shard_global_batches
     from tlscale.distributed.steps import agree
 
     spec, state, training = s.spec, s.state, s.spec.training
-    seed = spec.seed * 1000 + state.epoch
-    batches = (length_grouped_batches([len(ids) for ids in s.data.train.input_ids], training.batch_size, seed)
-               if training.group_by_length else shuffled_batches(len(s.data.train), training.batch_size, seed))
-    batches = [b for b in batches if len(b) >= s.world][:s.batches_per_epoch]  # every rank needs an example
+    batches = s.task.epoch_batches(s.data.train, training.batch_size, spec.seed * 1000 + state.epoch,
+                                   training.group_by_length, s.world)[:s.batches_per_epoch]
     s.task.start_epoch(s.data, state.epoch)
     clock = _EpochClock(state.train_time_s)
     position = state.batches_in_epoch
@@ -328,8 +327,7 @@ def _evaluate_and_keep_best(s: Session) -> None:
     if METRICS.get(name).better(value, state.best_metric):
         state.best_metric, state.best_step = value, state.step
         if spec.training.keep_best:
-            save_model(s.accelerator, s.model, s.tokenizer, s.data.label_names, s.run.dir.spec_yaml,
-                       s.run.dir.best_model)
+            task.save_model(s.accelerator, s.model, s.tokenizer, s.data, s.run.dir.spec_yaml, s.run.dir.best_model)
 
 
 class _EpochClock:
@@ -370,20 +368,15 @@ def _check_finite(loss: float, step: int, lr: float) -> None:
 
 def finish(s: Session) -> RunResult:
     """Final model (the best one if kept), final evaluation, saved and verified model, metrics.json last."""
-    from tlscale.training.verify import batch_loss, fixed_batch, verify_adapter, verify_saved_model
-
-    run, accelerator = s.run, s.accelerator
+    run, accelerator, task, pad_id = s.run, s.accelerator, s.task, s.tokenizer.pad_token_id
     if s.spec.training.keep_best and run.dir.best_model.exists():
         log.info(f"final model = best evaluated at step {s.state.best_step}")
-        _load_best(s.raw_model, run.dir.best_model)
+        task.load_weights(s.raw_model, run.dir.best_model)
     final_eval = _evaluate(s, final=True)
-    probe = fixed_batch(s.task, s.data.eval, s.tokenizer.pad_token_id)
-    probe_loss = batch_loss(s.raw_model, probe, accelerator.device)  # every rank: ZeRO-3 gathers need all
-    save_model(accelerator, s.model, s.tokenizer, s.data.label_names, run.dir.spec_yaml, run.dir.model_dir)
-    verified = verify_saved_model(run.dir.model_dir, probe, probe_loss, s.task.auto_class,
-                                  s.spec.training.mixed_precision) if s.world == 1 else None
-    if verified is not None and (run.path / "model-adapter").is_dir():
-        verified["adapter"] = verify_adapter(run.path / "model-adapter")
+    probe_loss = task.probe_loss(s.raw_model, s.data, pad_id, accelerator.device)  # every rank: ZeRO-3 gathers
+    task.save_model(accelerator, s.model, s.tokenizer, s.data, run.dir.spec_yaml, run.dir.model_dir)
+    verified = task.verify_saved(run.dir.model_dir, s.data, pad_id, probe_loss,
+                                 s.spec.training.mixed_precision) if s.world == 1 else None
     metrics = final_metrics(s, final_eval, probe_loss, verified is not None)
     if accelerator.is_main_process:
         _plot_learning_curve(s)
@@ -444,18 +437,3 @@ def memory_report(model) -> dict:
     now, fp32 = footprint_bytes(model), footprint_unquantized_bytes(model)
     return {"quantized": is_quantized(model), "weights_mb": round(now / 2**20, 3),
             "weights_fp32_mb": round(fp32 / 2**20, 3), "ratio_to_fp32": round(now / fp32, 4)}
-
-
-def _load_best(model, path) -> None:
-    from safetensors.torch import load_file
-
-    from tlscale.training.checkpoints import adapter_dir
-
-    if hasattr(model, "peft_config"):
-        from tlscale.errors import require
-
-        set_peft_model_state_dict = require("peft").set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(str(adapter_dir(path) / "adapter_model.safetensors")))
-    else:
-        model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
