@@ -33,7 +33,7 @@ BOOKKEEPING = (LOCK, MARKER)
 # Every top-level name a run (trained, few-shot or Ray) writes; a test checks real runs against it.
 RUN_FILES = (
     LOCK, MARKER, REPLACED, PENDING_METRICS, "spec.yaml", "metrics.json", "metrics.jsonl", "model", "model-adapter",
-    "checkpoints", "eval", "predictions.jsonl", "predictions-seed*.jsonl", "prompts.jsonl", "generations.jsonl",
+    "checkpoints", "eval", "tasks", "predictions.jsonl", "predictions-seed*.jsonl", "prompts.jsonl", "generations.jsonl",
     "confusion_matrix.png", "reliability.png", "learning_curve.png", "tensorboard", "mlflow.db", "mlruns", "wandb", "ray", ".ray-run-id", "train.log", ".*.tmp", ".tmp-*", ".*.old", "*.tmp",
 )
 

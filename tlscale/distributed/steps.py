@@ -19,6 +19,17 @@ def usable_batches(n_batches: int, dist, training) -> int:
     return n_batches
 
 
+def zero_missing_gradients(model, dist) -> None:
+    """Trainable parameters a step did not reach (the heads of tasks absent from a multi-task step) get zero
+    gradients: ZeRO's flat partitions always hold them, so every backend steps them alike (AdamW's momentum
+    and weight decay move them, as in one optimizer over all heads). DeepSpeed holds its own."""
+    if dist.backend == "deepspeed":
+        return
+    for param in model.parameters():
+        if param.requires_grad and param.grad is None:
+            param.grad = torch.zeros_like(param)
+
+
 def loss_scale(accelerator, dist, training, global_weight: int) -> float:
     """Multiply each micro-batch's (mean loss x its weight) by this to get one process's gradient."""
     deepspeed_gas = training.grad_accum_steps if dist.backend == "deepspeed" else 1

@@ -469,7 +469,7 @@ def _data_presence(task: Any, value: dict) -> list:
         return []
     if getattr(tasks.get(task), "reads_data", True):
         return [] if "data" in value else [{"type": "missing", "loc": ("data",), "input": value}]
-    if "data" in value:
+    if value.get("data") is not None:  # (a dumped spec writes data: null)
         return [_value_error(("data",), f"task '{task}' takes each task's data in its own section (under "
                              f"{task_options_class(task)[0]}); remove the top-level data", value["data"])]
     return []

@@ -97,6 +97,21 @@ class ExtractiveQA(Task):
     def collate(self, dataset, indices, pad_id):
         return collate_windows(dataset, indices, pad_id)
 
+    def loss(self, model, batch):
+        """transformers' span loss with padding left out: its softmax runs over every position of the padded
+        batch, so the loss (and the gradient) would depend on how batches are padded and sharded over ranks."""
+        import torch
+
+        targets = {key: batch[key] for key in ("start_positions", "end_positions")}
+        out = model(**{key: value for key, value in batch.items() if key not in targets})
+        padding = batch["attention_mask"] == 0
+
+        def span_loss(logits, positions):
+            return torch.nn.functional.cross_entropy(logits.float().masked_fill(padding, PAD_LOGIT), positions)
+
+        return (span_loss(out.start_logits, targets["start_positions"]) +
+                span_loss(out.end_logits, targets["end_positions"])) / 2
+
     def evaluate(self, accelerator, model, data, run, pad_id, feature_cache=None, write_files=False) -> dict:
         import torch
 

@@ -248,6 +248,10 @@ def step(s: Session, local_group: list[list[int]], global_weight: int) -> None:
     _check_finite(loss, s.state.step + 1, s.scheduler.get_last_lr()[0])
     s.running[0] += loss
     s.running[1] += sum(s.task.weight(s.data.train, indices) for indices in local_group)
+    if not s.task.uses_every_parameter:
+        from tlscale.distributed.steps import zero_missing_gradients
+
+        zero_missing_gradients(s.model, s.spec.distributed)
     if s.spec.training.max_grad_norm:
         s.accelerator.clip_grad_norm_(s.model.parameters(), s.spec.training.max_grad_norm)
     s.optimizer.step()
