@@ -274,3 +274,20 @@ def test_causal_lm_under_two_process_deepspeed_matches_one_process(tmp_path):
     b = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
     assert b["saved_model_verified"] is True and b["eval"]["tokens"] == a["eval"]["tokens"]
     assert b["eval"]["loss"] == pytest.approx(a["eval"]["loss"], abs=2e-3)
+
+
+def test_multi_task_under_two_process_zero2_matches_one_process(tmp_path, module_sst2):
+    """Batches hold one task on every rank; heads a step does not reach get zero gradients on every backend
+    (ZeRO's flat partitions hold them), so 2 ranks take 1 process's steps."""
+    from tests.integration.test_multi_task import mt_spec
+
+    common = {"model": {"dropout": 0.0, "classifier_dropout": 0.0},
+              "training": {"epochs": 1, "max_steps": 8, "log_every_steps": 1}}
+    for name, dist in (("one", {}), ("two", {"backend": "deepspeed", "zero_stage": 2, "num_processes": 2})):
+        train_ok(write_spec(tmp_path / f"{name}.yaml", mt_spec(tmp_path / name, *module_sst2, **common,
+                                                               distributed=dist)))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=2e-3)
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert two["saved_model_verified"] is True and two["distributed"]["zero_stage"] == 2
+    assert two["eval"]["sst2/loss"] == pytest.approx(one["eval"]["sst2/loss"], abs=2e-3)
+    assert two["eval"]["xquad/f1"] == pytest.approx(one["eval"]["xquad/f1"], abs=1.0)

@@ -175,9 +175,15 @@ class MultiTask(Task):
         parts = {name: task.prepare(tokenizer) for name, task in self.parts.items()}
         train = TaskSets([p.train for p in parts.values()])
         evaluation = TaskSets([p.eval for p in parts.values()])
+        options, batch_size = self.spec.multi_task, self.spec.training.batch_size
+        one_pass = self._part_batches(train, batch_size, self.spec.world_size)
+        counts = epoch_counts(one_pass, options.sampling, options.temperature)
+        sampling = {"method": options.sampling, **({"temperature": options.temperature}
+                                                   if options.sampling == "temperature" else {}),
+                    "batches_per_pass": dict(zip(parts, one_pass)), "batches_per_epoch": dict(zip(parts, counts))}
         notes = {"tasks": {name: {"train": len(p.train), "eval": len(p.eval), **p.notes} for name, p in parts.items()},
                  "eval_sha256": "+".join(str(p.notes.get("eval_sha256")) for p in parts.values()),
-                 "sampling": self.spec.multi_task.sampling}
+                 "sampling": sampling}
         return MultiTaskData(train, evaluation, None, sum(p.truncated for p in parts.values()), notes=notes,
                              parts=parts)
 

@@ -184,6 +184,10 @@ def _summary(s: Session) -> str:
 
 
 def _variants(notes: dict) -> str:
+    if "tasks" in notes and "sampling" in notes:  # multi_task: each task's inputs and batches per epoch
+        batches = notes["sampling"]["batches_per_epoch"]
+        return " (" + ", ".join(f"{name} {part['train']:,} in {batches[name]} batches an epoch"
+                                for name, part in notes["tasks"].items()) + ")"
     augment = notes.get("augment")
     return f" ({augment['labelled']:,} labelled + {augment['variants']:,} augmented)" if augment else ""
 
