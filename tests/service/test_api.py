@@ -227,6 +227,11 @@ MALFORMED = [
     ("POST", "/v1/fine_tuning/jobs", spec_with(**{"data.train_file": "/etc/passwd"}), 422, "expected a file id"),
     ("POST", "/v1/fine_tuning/jobs", spec_with(**{"data.eval_file": "../../data/dev.tsv"}), 422, "expected a file id"),
     ("POST", "/v1/fine_tuning/jobs", spec_with(**{"data.train_file": "file-../../etc"}), 422, "expected a file id"),
+    ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": {  # each multi_task task's files are checked as data's are
+        "task": "multi_task", "model": {"name_or_path": "tiny:bert"}, "multi_task": {"tasks": [
+            {"name": "a", "task": "text_classification", "data": {"train_file": "/etc/passwd"}},
+            {"name": "b", "task": "text_classification", "data": {"train_file": "/etc/hosts"}}]}}}}, 422,
+     "multi_task.tasks.1.data.train_file: expected a file id"),
     ("POST", "/v1/fine_tuning/jobs", spec_with(runner="ray"), 422, "runner: this server runs jobs"),
     ("POST", "/v1/fine_tuning/jobs", spec_with(**{"training.epochs": 0}), 422, "training.epochs"),
     ("POST", "/v1/fine_tuning/jobs", spec_with(strategy={"name": "lorra"}), 422, "Did you mean 'lora'"),

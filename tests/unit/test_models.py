@@ -50,7 +50,7 @@ def test_verification_catches_an_empty_or_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from tlscale.errors import RunStateError
-    from tlscale.training.verify import batch_loss, verify_saved_model
+    from tlscale.models.verify import batch_loss, verify_saved_model
 
     model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"]).eval()
     model.save_pretrained(tmp_path)
@@ -76,7 +76,7 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
 
     from tlscale.distributed.accelerate_setup import fresh_accelerator_state
     from tlscale.errors import RunStateError
-    from tlscale.training.verify import batch_loss, verify_saved_model
+    from tlscale.models.verify import batch_loss, verify_saved_model
 
     torch.manual_seed(0)
     model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])

@@ -13,7 +13,7 @@ from tlscale.spec import spec_from_dict
 from tlscale.spec.schema import ModelSpec
 from tlscale.strategies.base import strategy_spec
 from tlscale.strategies import build_strategy, count_parameters
-from tlscale.training.checkpoints import merged_copy
+from tlscale.models.saving import merged_copy
 
 pytest.importorskip("bitsandbytes")
 

@@ -683,7 +683,7 @@ def test_builtin_tables_are_the_registries():
 
 @pytest.mark.parametrize("override,message", [
     ("task=text_classificaton", "task: unknown task 'text_classificaton'. Did you mean 'text_classification'? "
-                                "Available: causal_lm, extractive_qa, masked_lm, text_classification"),
+                                "Available: causal_lm, extractive_qa, masked_lm, multi_task, text_classification"),
     ("training.metric_for_best=f1", "training.metric_for_best: expected one of ['accuracy', 'auto', 'ece', "
                                     "'f1_macro', 'loss'], found 'f1'"),
     ("strategy.name=lorra", "strategy.name: unknown strategy 'lorra'. Did you mean 'lora'? Available: "

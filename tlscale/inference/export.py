@@ -53,7 +53,7 @@ def export_merged(adapter: Path, output: Path, dtype: str | None = None, evaluat
     """Merge (dequantizing a k-bit base first), write a save_pretrained folder, and report how the merged
     model's evaluation (the task's own, as at the end of training) differs from the adapter-on-base one."""
     from tlscale.files import write_json_atomic
-    from tlscale.training.checkpoints import merged_copy, write_model
+    from tlscale.models.saving import merged_copy, write_model
 
     adapter = find_adapter(adapter)
     if Path(output).resolve() in (adapter.resolve(), adapter.parent.resolve()):

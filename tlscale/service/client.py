@@ -91,12 +91,14 @@ class Client:
         """Validate a local spec, upload the data files it names, create the job."""
         from tlscale.spec import load_spec
 
+        from tlscale.tasks.base import data_sections
+
         spec = load_spec(spec_path, overrides)
         raw = spec.model_dump(mode="json", exclude={"output_dir"})
-        for key in ("train_file", "eval_file"):
-            local = getattr(spec.data, key, None)
-            if local is not None:
-                raw["data"][key] = self.upload(local)["id"]
+        for _, data in data_sections(raw):
+            for key in ("train_file", "eval_file"):
+                if data.get(key) is not None:
+                    data[key] = self.upload(data[key])["id"]
         return self.create_job(raw, **options)
 
     def job(self, job_id: str) -> dict:

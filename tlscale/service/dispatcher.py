@@ -104,7 +104,10 @@ class Dispatcher:
     def _check(self, job: Job, folder: Path) -> subprocess.CompletedProcess:
         """`tlscale validate` of the job's spec, once per spec content: uploads are content-addressed, so
         the same spec over the same files (a sweep, a retried submission) has the same answer."""
-        files = [(path, *_stamp(path)) for path in ((job.spec.get("data") or {}).get(k) for k in FILE_FIELDS) if path]
+        from tlscale.tasks.base import data_sections
+
+        files = [(path, *_stamp(path)) for _, data in data_sections(job.spec) for path in map(data.get, FILE_FIELDS)
+                 if path]
         key = hashlib.sha256(json.dumps([{**job.spec, "output_dir": None}, files], sort_keys=True).encode()).hexdigest()
         if len(self._checked) > 10_000:
             self._checked.clear()

@@ -57,11 +57,13 @@ def resolve_spec(raw: Any, team: Team, store: Store, settings: Settings, job_id:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"spec: expected a mapping (task, model, data, ...), found {type(raw).__name__}")
-    raw = {**raw, "output_dir": str(job_dir(settings, job_id) / "run")}  # the run folder is the server's
-    data = raw.get("data")
+    import copy
+
+    from tlscale.tasks.base import data_sections
+
+    raw = {**copy.deepcopy(raw), "output_dir": str(job_dir(settings, job_id) / "run")}  # the server's folder
     used, problems = [], []
-    if isinstance(data, dict):
-        data = dict(data)
+    for where, data in data_sections(raw):  # `data`, or each multi_task task's
         for key in FILE_FIELDS:
             value = data.get(key)
             if not isinstance(value, str):
@@ -69,15 +71,14 @@ def resolve_spec(raw: Any, team: Team, store: Store, settings: Settings, job_id:
             if FILE_ID.match(value):
                 stored = _team_file(store, team, value)
                 if stored is None:
-                    problems.append(f"data.{key}: no file '{value}' (upload it with POST /v1/files)")
+                    problems.append(f"{where}.{key}: no file '{value}' (upload it with POST /v1/files)")
                 else:
                     data[key] = str(settings.files_dir / stored.sha256[:2] / f"{stored.sha256}.{stored.format}")
                     used.append(value)
             elif not _under_allowed_root(value, settings.allowed_roots):
-                problems.append(f"data.{key}: expected a file id from POST /v1/files"
+                problems.append(f"{where}.{key}: expected a file id from POST /v1/files"
                                 + (" or a path under " + ", ".join(map(str, settings.allowed_roots))
                                    if settings.allowed_roots else "") + f", found {value!r}")
-        raw["data"] = data
     if raw.get("runner") in (None, "local", settings.runner):  # "local" is every spec's default
         raw["runner"] = settings.runner
     else:

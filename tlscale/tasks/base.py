@@ -39,6 +39,13 @@ class Task:
     def __init__(self, spec):
         self.spec = spec
 
+    @classmethod
+    def data_sections(cls, raw: dict) -> list[tuple[str, dict]]:
+        """(where, section) of each data section of a raw spec dict: the files a service must upload and
+        check. The sections are raw's own dicts (edit them to rewrite paths)."""
+        data = raw.get("data")
+        return [("data", data)] if isinstance(data, dict) else []
+
     @property
     def default_metric(self) -> str:
         """What keep-best and metric_for_best: auto follow."""
@@ -92,26 +99,26 @@ class Task:
 
     def save_model(self, accelerator, model, tokenizer, data: TaskData, spec_yaml: str, folder: Path) -> None:
         """A save_pretrained folder plain transformers loads (every rank calls it: ZeRO-3 gathers)."""
-        from tlscale.training.checkpoints import save_model
+        from tlscale.models.saving import save_model
 
         save_model(accelerator, model, tokenizer, data.label_names, spec_yaml, folder)
 
     def load_weights(self, model, folder: Path) -> None:
         """Load a folder save_model wrote (the best model kept during training) into the live model."""
-        from tlscale.training.checkpoints import load_model_weights
+        from tlscale.models.saving import load_model_weights
 
         load_model_weights(model, folder)
 
     def probe_loss(self, model, data: TaskData, pad_id: int, device) -> float | dict:
         """The live model's loss on a fixed evaluation batch, which the saved model must reproduce."""
-        from tlscale.training.verify import batch_loss, fixed_batch
+        from tlscale.models.verify import batch_loss, fixed_batch
 
         return batch_loss(model, fixed_batch(self, data.eval, pad_id), device)
 
     def verify_saved(self, folder: Path, data: TaskData, pad_id: int, expected, mixed_precision: str) -> dict:
-        """Reload what save_model wrote and check it gives probe_loss's figure (tlscale/training/verify.py)."""
-        from tlscale.training.checkpoints import adapter_dir
-        from tlscale.training.verify import fixed_batch, verify_adapter, verify_saved_model
+        """Reload what save_model wrote and check it gives probe_loss's figure (tlscale.models.verify.py)."""
+        from tlscale.models.saving import adapter_dir
+        from tlscale.models.verify import fixed_batch, verify_adapter, verify_saved_model
 
         report = verify_saved_model(folder, fixed_batch(self, data.eval, pad_id), expected, self.auto_class,
                                     mixed_precision)
@@ -157,6 +164,12 @@ class Task:
         from tlscale.errors import ConfigError
 
         raise ConfigError(f"--checkpoint: a {cls.name} model; `tlscale predict` does not apply to this task")
+
+
+def data_sections(raw: dict) -> list[tuple[str, dict]]:
+    """Task.data_sections of the task a raw spec names (the plain `data` section for an unknown one)."""
+    task = raw.get("task", "text_classification")
+    return (TASKS.get(task) if isinstance(task, str) and task in TASKS else Task).data_sections(raw)
 
 
 def seeded_sample(items: list, limit: int | None, seed: int) -> list:

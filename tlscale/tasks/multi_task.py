@@ -164,6 +164,12 @@ class MultiTask(Task):
     reads_data = False
     uses_every_parameter = False
 
+    @classmethod
+    def data_sections(cls, raw: dict) -> list[tuple[str, dict]]:
+        tasks = (raw.get("multi_task") or {}).get("tasks") if isinstance(raw.get("multi_task"), dict) else None
+        return [(f"multi_task.tasks.{i}.data", entry["data"]) for i, entry in enumerate(tasks or [])
+                if isinstance(entry, dict) and isinstance(entry.get("data"), dict)]
+
     def __init__(self, spec):
         super().__init__(spec)
         from tlscale.tasks import build_task
@@ -259,7 +265,7 @@ class MultiTask(Task):
 
     def save_model(self, accelerator, model, tokenizer, data, spec_yaml, folder) -> None:
         from tlscale.spec.loading import dump_spec
-        from tlscale.training.checkpoints import _zero_stage, write_model
+        from tlscale.models.saving import _zero_stage, write_model
 
         state = accelerator.get_state_dict(model) if _zero_stage(accelerator) == 3 else None  # every rank
         raw = accelerator.unwrap_model(model)
