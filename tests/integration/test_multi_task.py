@@ -170,3 +170,13 @@ def test_a_task_without_data_is_refused(tmp_path, sst2_files):
     path = write_spec(tmp_path / "plain.yaml", raw)
     result = run_cli("validate", str(path))
     assert result.returncode == 2 and "data: required field is missing" in result.stderr
+
+
+def test_the_shipped_config_validates_and_plans():
+    from tests.conftest import ROOT
+
+    config = ROOT / "configs" / "sst2-imdb-minilm-multitask.yaml"
+    checked = run_cli("validate", str(config))
+    assert checked.returncode == 0 and "8700 train" in checked.stdout, checked.stdout + checked.stderr
+    planned = run_cli("plan", str(config), "--gpus", "2")
+    assert planned.returncode == 0 and "Recommended" in planned.stdout, planned.stderr[-2000:]

@@ -134,7 +134,8 @@ def model_size(spec) -> ModelSize:
     from tlscale.strategies import build_strategy, count_parameters
 
     config = AutoConfig.from_pretrained(resolve_model_path(spec.model.name_or_path))
-    config.num_labels = len(spec.data.labels or ["a", "b"])
+    labels = spec.data.labels if spec.data is not None else None  # multi_task: one head stands for its few
+    config.num_labels = len(labels or ["a", "b"])
     config.classifier_pooling = "cls"
     with torch.device("meta"):
         model = PooledSequenceClassifier(config)
