@@ -135,6 +135,10 @@ def test_a_resumed_multi_task_run_matches_an_uninterrupted_one(tmp_path, sst2_fi
     for task in ("sst2", "xquad"):
         x, y = (load_file(str(tmp_path / n / "model" / task / "model.safetensors")) for n in ("full", "cut"))
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    compared = run_cli("compare", str(tmp_path / "full"), str(tmp_path / "cut"), "--output", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    header = (tmp_path / "cmp" / "compare.csv").read_text().splitlines()[0]
+    assert all(column in header for column in ("task_mean", "sst2/accuracy", "sst2/f1_macro", "xquad/f1"))
 
 
 # --- the spec's mistakes ----------------------------------------------------------------------------------

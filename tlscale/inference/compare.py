@@ -77,7 +77,7 @@ def compare_runs(paths: list[Path], allow_mixed_eval: bool = False) -> Compariso
     from tlscale.tasks import TASKS
 
     task = tasks.pop()
-    keys = TASKS.get(task).headline_metrics if task in TASKS else ()
+    keys = TASKS.get(task).headline_columns(runs[0][1]) if task in TASKS else ()
     rows = []
     for (path, metrics), size in zip(runs, sizes):
         row = {"run": str(path), "model": str(metrics.get("model", "")), "how": describe(metrics), "eval_n": size}

@@ -92,6 +92,11 @@ class Task:
                  write_files: bool = False) -> dict:
         raise NotImplementedError
 
+    @classmethod
+    def headline_columns(cls, metrics: dict) -> tuple[str, ...]:
+        """`tlscale compare` columns for runs like this metrics.json (multi_task adds each task's)."""
+        return tuple(cls.headline_metrics)
+
     def headline(self, metrics: dict) -> str:
         return " ".join(f"{k}={metrics[k]:.4f}" for k in self.metrics if isinstance(metrics.get(k), float))
 

@@ -187,7 +187,9 @@ class MultiTask(Task):
         sampling = {"method": options.sampling, **({"temperature": options.temperature}
                                                    if options.sampling == "temperature" else {}),
                     "batches_per_pass": dict(zip(parts, one_pass)), "batches_per_epoch": dict(zip(parts, counts))}
-        notes = {"tasks": {name: {"train": len(p.train), "eval": len(p.eval), **p.notes} for name, p in parts.items()},
+        kinds = {entry.name: entry.task for entry in self.entries}
+        notes = {"tasks": {name: {"task": kinds[name], "train": len(p.train), "eval": len(p.eval), **p.notes}
+                           for name, p in parts.items()},
                  "eval_sha256": "+".join(str(p.notes.get("eval_sha256")) for p in parts.values()),
                  "sampling": sampling}
         return MultiTaskData(train, evaluation, None, sum(p.truncated for p in parts.values()), notes=notes,
@@ -256,6 +258,12 @@ class MultiTask(Task):
                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return {"task_mean": sum(shares) / len(shares),
                 "num_examples": sum(r.get("num_examples", 0) for r in results.values()), **flat, "tasks": results}
+
+    @classmethod
+    def headline_columns(cls, metrics: dict) -> tuple[str, ...]:
+        tasks = (metrics.get("data") or {}).get("tasks") or {}
+        return ("task_mean", *(f"{name}/{key}" for name, part in tasks.items() if part.get("task") in TASKS
+                               for key in TASKS.get(part["task"]).headline_columns({})))
 
     def headline(self, metrics: dict) -> str:
         lines = [f"{name}: {task.headline(metrics['tasks'][name])}" for name, task in self.parts.items()]
