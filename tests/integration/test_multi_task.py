@@ -159,21 +159,25 @@ def test_a_resumed_multi_task_run_matches_an_uninterrupted_one(tmp_path, sst2_fi
     (lambda s: s["multi_task"].update(sampling="uniform"), "multi_task.sampling: Input should be"),
 ])
 def test_spec_mistakes_are_named_with_their_line(tmp_path, sst2_files, change, expected):
+    from tlscale.errors import ConfigError
+    from tlscale.spec.loading import load_spec
+
     raw = mt_spec(tmp_path / "run", *sst2_files)
     change(raw)
     path = write_spec(tmp_path / "mt.yaml", raw)
-    result = run_cli("validate", str(path))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert expected in result.stderr and f"{path}:" in result.stderr, result.stderr
+    with pytest.raises(ConfigError) as refused:
+        load_spec(path)
+    assert expected in str(refused.value) and f"{path}:" in str(refused.value), str(refused.value)
 
 
-def test_a_task_without_data_is_refused(tmp_path, sst2_files):
+def test_validate_exits_2_on_a_task_without_data(tmp_path, sst2_files):
     raw = mt_spec(tmp_path / "run", *sst2_files)
     raw["task"] = "text_classification"
     raw.pop("multi_task")
     path = write_spec(tmp_path / "plain.yaml", raw)
     result = run_cli("validate", str(path))
-    assert result.returncode == 2 and "data: required field is missing" in result.stderr
+    assert result.returncode == 2 and f"{path}: data: required field is missing" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_shipped_config_validates_and_plans():
