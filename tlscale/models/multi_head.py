@@ -45,11 +45,3 @@ class MultiTaskModel(nn.Module):
         for model in self.task_models.values():  # their own flag (a task's evaluation saves and restores it)
             model.training = mode
         return self
-
-    def task_state_dict(self, name: str, state: dict | None = None) -> dict | None:
-        """The task model's state dict, its tensors taken from state (this module's gathered state dict,
-        under ZeRO-3) when given; None without state (save_pretrained reads the live model)."""
-        if state is None:
-            return None
-        keys = {id(t): k for k, t in self.state_dict(keep_vars=True).items()}
-        return {key: state[keys[id(t)]] for key, t in self.task_models[name].state_dict(keep_vars=True).items()}

@@ -101,10 +101,11 @@ def write_model(model, state_dict, tokenizer, label_names, spec_yaml, final: Pat
             write_json_atomic(tmp / "labels.json", {"labels": label_names})
         (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
 
-    _write_dir(final, write)
+    write_dir(final, write)
 
 
-def _write_dir(final: Path, write) -> None:
+def write_dir(final: Path, write) -> None:
+    """write(tmp) fills a temporary folder beside final, which then replaces final in one rename."""
     tmp = final.with_name(f".tmp-{final.name}")
     if tmp.exists():
         shutil.rmtree(tmp)

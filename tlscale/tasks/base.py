@@ -121,7 +121,7 @@ class Task:
         return batch_loss(model, fixed_batch(self, data.eval, pad_id), device)
 
     def verify_saved(self, folder: Path, data: TaskData, pad_id: int, expected, mixed_precision: str) -> dict:
-        """Reload what save_model wrote and check it gives probe_loss's figure (tlscale.models.verify.py)."""
+        """Reload what save_model wrote and check it gives probe_loss's figure (tlscale/models/verify.py)."""
         from tlscale.models.saving import adapter_dir
         from tlscale.models.verify import fixed_batch, verify_adapter, verify_saved_model
 

@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from tlscale.data.task_sampling import SAMPLINGS, epoch_counts, schedule, take_batches
 from tlscale.errors import ConfigError
 from tlscale.eval.metrics import METRICS, register_metric
-from tlscale.files import publish_dir, write_json_atomic
+from tlscale.files import write_json_atomic
 from tlscale.spec.schema import DataSpec, Section, TaskOptions
 from tlscale.tasks.base import TASKS, Task, TaskData
 
@@ -272,24 +272,22 @@ class MultiTask(Task):
     # --- the model: one folder per task -------------------------------------------------------------------
 
     def save_model(self, accelerator, model, tokenizer, data, spec_yaml, folder) -> None:
+        """model/NAME per task, published together (ZeRO-3, which would need gathered weights, is refused)."""
+        from tlscale.models.saving import write_dir, write_model
         from tlscale.spec.loading import dump_spec
-        from tlscale.models.saving import _zero_stage, write_model
 
-        state = accelerator.get_state_dict(model) if _zero_stage(accelerator) == 3 else None  # every rank
         raw = accelerator.unwrap_model(model)
-        if accelerator.is_main_process:
-            tmp = folder.with_name(f".tmp-{folder.name}")
-            if tmp.exists():
-                import shutil
 
-                shutil.rmtree(tmp)
+        def write(tmp: Path) -> None:
             tmp.mkdir(parents=True)
             for name, task in self.parts.items():
-                write_model(raw.task_models[name], raw.task_state_dict(name, state), tokenizer,
-                            data.parts[name].label_names, dump_spec(task.spec), tmp / name)
+                write_model(raw.task_models[name], None, tokenizer, data.parts[name].label_names,
+                            dump_spec(task.spec), tmp / name)
             (tmp / "tlscale_spec.yaml").write_text(spec_yaml)
             write_json_atomic(tmp / MANIFEST, {"tasks": {e.name: e.task for e in self.entries}})
-            publish_dir(tmp, folder)
+
+        if accelerator.is_main_process:
+            write_dir(folder, write)
         accelerator.wait_for_everyone()
 
     def load_weights(self, model, folder) -> None:
