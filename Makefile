@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# DeepSpeed is an sdist that builds against the torch above: no build isolation
 	$(BIN)/pip install -q -c constraints.txt --no-build-isolation "deepspeed>=0.15"
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	# DeepSpeed's CPU ops (shared-memory collectives, CPU Adam) compile now, not inside the first run
+	$(BIN)/python -m tlscale.runners.deepspeed_ops
 	touch $(STAMP)
 
 setup: $(STAMP)

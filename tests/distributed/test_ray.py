@@ -154,7 +154,7 @@ def submit_and_wait(cluster, spec: Path, working_dir: Path, timeout_s: float = 4
         state = status.stdout.split(":", 1)[1].split()[0] if ":" in status.stdout else ""
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             return job_id, status.stdout
-        time.sleep(2)
+        time.sleep(5)  # each look is a CLI process (about 1.3 s of CPU): more often would slow the job itself
     raise AssertionError(f"job {job_id} did not end in {timeout_s} s")
 
 

@@ -142,3 +142,21 @@ def test_a_stale_deepspeed_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     os.utime(tmp_path / "cpu_adam" / "lock", (hour_ago, hour_ago))
     assert clear_stale_build_locks(str(tmp_path)) == [tmp_path / "cpu_adam" / "lock"]
     assert not (tmp_path / "cpu_adam" / "lock").exists() and (tmp_path / "deepspeed_shm_comm" / "lock").exists()
+
+
+def test_deepspeed_ops_build_into_the_folder_the_runners_use():
+    """`make setup` runs this so that no DeepSpeed run compiles (1-3 minutes, every rank waiting): after it,
+    both CPU ops are in the runners' extensions folder (already built there, this takes seconds)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    from tlscale.runners.launch import extensions_dir
+
+    result = subprocess.run([sys.executable, "-m", "tlscale.runners.deepspeed_ops"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ready in") == 2 and "Setting accelerator" not in result.stdout + result.stderr
+    for op in ("deepspeed_shm_comm", "cpu_adam"):
+        assert list((Path(extensions_dir()) / op).glob("*.so")), op
