@@ -61,6 +61,23 @@ def test_lora_on_a_causal_lm_keeps_the_pretrained_head_frozen(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["saved_model_verified"] is True
 
 
+def test_qlora_on_a_causal_lm_saves_a_plain_merged_model(tmp_path):
+    """The merge dequantizes the 4-bit base: the saved folder must say so. It used to keep the base's
+    quantization_config, so from_pretrained read the merged weights as packed 4-bit ones and the run's own
+    verification failed on the reload."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = write_spec(tmp_path / "lm.yaml", lm_spec(tmp_path, "llama", False, strategy={"name": "qlora", "r": 4},
+                                                    training={"epochs": 1}))
+    result = run_cli("train", str(path), "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["saved_model_verified"] is True
+    assert "quantization_config" not in json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+
+
 def test_shipped_sft_config_trains_generates_and_reevaluates(tmp_path):
     """configs/sft-tiny-gpt2.yaml end to end: the label words are learned (eval loss near ln 2 / 2: EOS
     certain, the sentiment a coin flip for a random tiny model), `tlscale eval` on the saved model reproduces

@@ -75,7 +75,13 @@ def merged_copy(peft_model):
     dequantize_linears(base, _compute_dtype(peft_model))
     rebuilt = get_peft_model(base, config)
     set_peft_model_state_dict(rebuilt, adapter)
-    return rebuilt.merge_and_unload()
+    merged = rebuilt.merge_and_unload()
+    # Plain weights now: without this the saved config.json keeps the base's quantization_config, and
+    # from_pretrained would take the dequantized weights for packed 4-bit ones (a broken model).
+    merged.hf_quantizer = None
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+    return merged
 
 
 def _compute_dtype(model):
