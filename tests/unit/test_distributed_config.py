@@ -160,3 +160,27 @@ def test_deepspeed_ops_build_into_the_folder_the_runners_use():
     assert result.stdout.count("ready in") == 2 and "Setting accelerator" not in result.stdout + result.stderr
     for op in ("deepspeed_shm_comm", "cpu_adam"):
         assert list((Path(extensions_dir()) / op).glob("*.so")), op
+
+
+def test_a_saved_causal_lm_is_verified_as_a_fresh_process_would_load_it_even_inside_zero3(tmp_path):
+    """A 1-process ZeRO-3 run verifies its saved model in its own process, where transformers builds every
+    model through deepspeed.zero.Init: the causal-LM skeleton on the meta device failed ('Cannot copy out of
+    meta tensor'), found by bench/gpu_suite.py's ZeRO-3 offload part."""
+    pytest.importorskip("deepspeed")
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
+
+    from tlscale.models.tiny import tiny_model_dir
+    from tlscale.models.verify import batch_loss, verify_saved_model
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir("llama"))
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(5, 100, (2, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    expected = batch_loss(model, batch)
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 1})  # what a ZeRO-3 run holds
+    assert is_deepspeed_zero3_enabled()
+    report = verify_saved_model(tmp_path, batch, expected, "AutoModelForCausalLM")
+    assert report["reloaded_loss"] == pytest.approx(expected, abs=1e-4)
+    assert is_deepspeed_zero3_enabled() and keep  # the run's own setting is back afterwards

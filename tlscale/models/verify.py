@@ -5,6 +5,7 @@ ZeRO-3 failure (empty or partial weights in the saved folder) at the end of the 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,8 +31,30 @@ def batch_loss(model, batch: dict, device="cpu", autocast: torch.dtype | None = 
     return loss
 
 
+@contextmanager
+def as_a_fresh_process():
+    """Inside a ZeRO-3 run transformers builds every model through deepspeed.zero.Init (partitioned, and on
+    the meta device it cannot build at all); the saved folder is checked as a fresh process would load it."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def verify_saved_model(model_dir: Path, batch: dict, expected_loss: float,
                        auto_class: str = "AutoModelForSequenceClassification", mixed_precision: str = "no") -> dict:
+    with as_a_fresh_process():
+        return _verify(model_dir, batch, expected_loss, auto_class, mixed_precision)
+
+
+def _verify(model_dir: Path, batch: dict, expected_loss: float, auto_class: str, mixed_precision: str) -> dict:
     """mixed_precision: the in-memory loss came from a model under autocast (Accelerate wraps its forward), so
     the reloaded one runs under bf16 autocast too, compared at bf16's precision (a broken save is off by far
     more); in fp32 both agree to 1e-4."""

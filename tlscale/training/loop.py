@@ -423,7 +423,7 @@ def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: boo
         **({"lineage": lineage(spec.model)} if spec.model.init_from else {}),
         "eval": final_eval,
         "trainable_params": trainable if zero3 else count_parameters(s.raw_model)[0],
-        "trainable_params_at_start": trainable, "total_params": total, "memory": s.memory,
+        "trainable_params_at_start": trainable, "total_params": total, "memory": {**s.memory, **peak_memory()},
         "train_examples": len(s.data.train), "eval_examples": len(s.data.eval), "train_truncated": s.data.truncated,
         **({"data": s.data.notes} if s.data.notes else {}),
         "steps": state.step, "epochs": state.epoch, "epoch_times_s": state.epoch_times_s,
@@ -436,6 +436,13 @@ def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: boo
         "runner": spec.runner,
         **s.reporter.describe(),
     }
+
+
+def peak_memory() -> dict:
+    """This process's peak on its GPU over the run (weights, optimizer state, activations, all of it)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_device_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
 
 
 def memory_report(model) -> dict:
