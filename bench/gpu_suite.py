@@ -38,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 SIZES = {
     # ~1.0B parameters (TinyLlama-like width; 18 layers): 0.94B in the blocks, 63M in the embeddings, 63M head
     "full": {"hidden": 2048, "layers": 18, "heads": 16, "kv_heads": 8, "intermediate": 5632, "seq": 2048,
-             "batch": 8, "steps": 14, "big_layers": 40},
+             "batch": 8, "steps": 14, "big_layers": 32},
     "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": 128, "seq": 128,
              "batch": 2, "steps": 4, "big_layers": 3},
 }
