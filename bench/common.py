@@ -77,3 +77,51 @@ def _length_grouping(arguments_class, on: bool) -> dict:
     if "train_sampling_strategy" in inspect.signature(arguments_class.__init__).parameters:
         return {"train_sampling_strategy": "group_by_length" if on else "random"}
     return {"group_by_length": on}
+
+
+def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, int, float]]:
+    """transformers.Trainer with its defaults plus spec's model, rows, learning rate and batch size, evaluated on
+    the spec's eval rows every `every` steps until accuracy reaches target: [(seconds, step, accuracy)]."""
+    import tempfile
+    import time
+
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    from tlscale.data import build_classification_data, tokenize
+    from tlscale.models import build_classifier, load_tokenizer
+
+    tokenizer = load_tokenizer(spec.model)
+    data = build_classification_data(spec.data, spec.seed)
+
+    def rows(examples):
+        encoded = tokenize(examples, tokenizer, spec.model.max_length)
+        return [{"input_ids": i, "token_type_ids": t, "labels": label}
+                for i, t, label in zip(encoded.input_ids, encoded.token_type_ids, encoded.labels)]
+
+    train_rows, eval_rows = rows(data.train), rows(data.eval)
+    evaluations: list[tuple[float, int, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.time()
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            evaluations.append((time.time() - self.start, state.global_step, metrics["eval_accuracy"]))
+            control.should_training_stop = metrics["eval_accuracy"] >= target
+
+    def accuracy(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    model = build_classifier(spec.model, data.label_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=spec.training.batch_size,
+                                 per_device_eval_batch_size=spec.eval.batch_size, learning_rate=spec.training.lr,
+                                 num_train_epochs=spec.training.epochs, eval_strategy="steps", eval_steps=every,
+                                 save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+                                 use_cpu=not torch.cuda.is_available(), seed=spec.seed, dataloader_num_workers=0)
+        Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
+                data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
+                callbacks=[Clock()]).train()
+    return evaluations
