@@ -138,6 +138,25 @@ def test_feature_extraction_runs_the_backbone_once_per_example(tmp_path, spec):
     assert len(result.metrics["epoch_times_s"]) == 3
 
 
+def test_feature_extraction_with_an_mlp_head_trains_only_the_head_and_reloads(tmp_path, spec):
+    """model.classifier_hidden: a one-hidden-layer head on the frozen features; the saved model is still one
+    plain transformers loads (the class file travels with the weights) and scores as the run did."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tlscale import train as run_training
+    from tlscale.spec import spec_from_dict
+
+    spec["strategy"] = {"name": "feature_extraction"}
+    spec["model"]["classifier_hidden"] = 16
+    spec["training"].update(epochs=2, eval_every_steps=None, save_every_steps=None)
+    result = run_training(spec_from_dict(spec), show_progress=False)
+    assert result.metrics["trainable_params"] == (32 * 16 + 16) + (16 * 2 + 2)
+    assert result.metrics["saved_model_verified"] is True
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_dir / "model", trust_remote_code=True)
+    assert isinstance(model.classifier, torch.nn.Sequential) and model.classifier[0].out_features == 16
+
+
 def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
     """Options that change the loop's arithmetic or data path still train and evaluate."""
     from tlscale.spec import spec_from_dict

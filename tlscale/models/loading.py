@@ -162,6 +162,8 @@ def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict
     config.classifier_pooling = default_pooling(path, config) if spec.pooling == "auto" else spec.pooling
     if spec.classifier_dropout is not None:
         config.classifier_dropout = spec.classifier_dropout
+    if spec.classifier_hidden is not None:
+        config.classifier_hidden_size = spec.classifier_hidden
     backbone_overrides = dropout_overrides(config, spec.dropout)
     for key, value in backbone_overrides.items():
         setattr(config, key, value)

@@ -1,4 +1,4 @@
-"""Any transformers backbone + a pooling + a linear head, as one PreTrainedModel.
+"""Any transformers backbone + a pooling + a linear (or one-hidden-layer) head, as one PreTrainedModel.
 
 Why our own class: the native *ForSequenceClassification heads fix the pooling
 (CLS + pooler for BERT, last token for GPT-2), but a sentence-transformers
@@ -51,7 +51,10 @@ class PooledSequenceClassifier(PreTrainedModel):
         if dropout is None:
             dropout = getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        width = getattr(config, "classifier_hidden_size", None)  # an MLP head: frozen features often need one
+        self.classifier = (nn.Linear(config.hidden_size, config.num_labels) if not width else
+                           nn.Sequential(nn.Linear(config.hidden_size, width), nn.GELU(), nn.Dropout(dropout),
+                                         nn.Linear(width, config.num_labels)))
         self.post_init()
 
     def features(self, input_ids=None, attention_mask=None, token_type_ids=None) -> torch.Tensor:
@@ -67,7 +70,8 @@ class PooledSequenceClassifier(PreTrainedModel):
         """output_hidden_states: the pooled features, as hidden_states=(features,) (distillation matches them)."""
         if features is None:
             features = self.features(input_ids, attention_mask, token_type_ids)
-        logits = self.classifier(self.dropout(features.to(self.classifier.weight.dtype)))  # k-bit bases: bf16 out
+        head_dtype = next(self.classifier.parameters()).dtype
+        logits = self.classifier(self.dropout(features.to(head_dtype)))  # k-bit bases: bf16 out
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels)

@@ -128,6 +128,9 @@ class ModelSpec(Section):
     max_length: PositiveInt = Field(128, le=1_000_000, description="Tokens per example; longer inputs are "
                                     "truncated. At most the model's position embeddings.")
     classifier_dropout: float | None = Field(None, ge=0.0, lt=1.0, description="Dropout before the classification head (default: the model config's).")
+    classifier_hidden: PositiveInt | None = Field(
+        None, description="Classification head with one hidden layer of this width (GELU) instead of a linear one: "
+        "frozen features (feature_extraction) often separate better through it. Default: linear.")
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0, description="Override the backbone's dropout probabilities (hidden and attention)."
     )
