@@ -34,14 +34,12 @@ def trainer_run(spec, freeze_backbone: bool) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tlscale.data import build_classification_data, tokenize
+    from tlscale.data import build_classification_data
     from tlscale.models import build_classifier, load_tokenizer
 
     tokenizer = load_tokenizer(spec.model)
     data = build_classification_data(spec.data, spec.seed)
-    encoded = tokenize(data.train, tokenizer, spec.model.max_length)
-    rows = [{"input_ids": ids, "token_type_ids": tt, "labels": label}
-            for ids, tt, label in zip(encoded.input_ids, encoded.token_type_ids, encoded.labels)]
+    rows = encoded_rows(data.train, tokenizer, spec.model.max_length)
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self):
@@ -70,6 +68,15 @@ def trainer_run(spec, freeze_backbone: bool) -> dict:
         return trainer.train().metrics
 
 
+def encoded_rows(examples, tokenizer, max_length: int) -> list[dict]:
+    """Our tokenization, as the per-example dicts Trainer's collator takes."""
+    from tlscale.data import tokenize
+
+    encoded = tokenize(examples, tokenizer, max_length)
+    return [{"input_ids": ids, "token_type_ids": tt, "labels": label}
+            for ids, tt, label in zip(encoded.input_ids, encoded.token_type_ids, encoded.labels)]
+
+
 def _length_grouping(arguments_class, on: bool) -> dict:
     """transformers renamed group_by_length to train_sampling_strategy during v5."""
     import inspect
@@ -89,18 +96,14 @@ def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, 
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from tlscale.data import build_classification_data, tokenize
+    from tlscale.data import build_classification_data
     from tlscale.models import build_classifier, load_tokenizer
 
     tokenizer = load_tokenizer(spec.model)
     data = build_classification_data(spec.data, spec.seed)
 
-    def rows(examples):
-        encoded = tokenize(examples, tokenizer, spec.model.max_length)
-        return [{"input_ids": i, "token_type_ids": t, "labels": label}
-                for i, t, label in zip(encoded.input_ids, encoded.token_type_ids, encoded.labels)]
-
-    train_rows, eval_rows = rows(data.train), rows(data.eval)
+    train_rows, eval_rows = (encoded_rows(examples, tokenizer, spec.model.max_length)
+                             for examples in (data.train, data.eval))
     evaluations: list[tuple[float, int, float]] = []
 
     class Clock(TrainerCallback):
