@@ -189,7 +189,8 @@ def part_d(work: Path, size: dict, cap_gib: float) -> dict:
         result["plain"] = timed_run(lm_spec(work / "d-plain", model, data, small, {"name": "full"}))
     except torch.cuda.OutOfMemoryError as error:
         result["plain"] = {"out_of_memory": True, "error": str(error).splitlines()[0][:300]}
-    torch.cuda.empty_cache() if capped else None
+    if capped:
+        torch.cuda.empty_cache()
     zero3 = {"backend": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu", "offload_params": "cpu"}
     result["zero3_offload"] = timed_run(lm_spec(work / "d-zero3", model, data, small, {"name": "full"},
                                                 distributed=zero3, training={"keep_best": False}))
