@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tlscale.errors import RunStateError
+from tlscale.logs import RUN_LOG
 
 log = logging.getLogger("tlscale")
 
@@ -151,8 +152,8 @@ class RunClaim:
         if self.fd < 0:
             return
         try:
-            if self.created and all(p.name in BOOKKEEPING for p in self.path.iterdir()):
-                shutil.rmtree(self.path)  # nothing was written: leave no empty folder behind
+            if self.created and all(p.name in (*BOOKKEEPING, RUN_LOG) for p in self.path.iterdir()):
+                shutil.rmtree(self.path)  # nothing but notes was written: leave no folder behind
             else:
                 os.ftruncate(self.fd, 0)  # a lock file that names a holder afterwards was left by a killed run
         finally:

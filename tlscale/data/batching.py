@@ -23,8 +23,17 @@ class Encoded:
 
 
 def tokenize(examples: Examples, tokenizer, max_length: int) -> Encoded:
-    """Tokenize once untruncated (to count what truncation cuts), then again only the long ones."""
-    out = dict(tokenizer(examples.texts, examples.pairs, truncation=False, verbose=False))
+    if examples.store is not None and examples.store.max_length == max_length:  # tokenized when cached
+        return examples.store.encoded(examples.rows, examples.labels)
+    out, long = tokenize_rows(examples, tokenizer, max_length)
+    return Encoded(out["input_ids"], out.get("token_type_ids"), list(examples.labels), len(long))
+
+
+def tokenize_rows(examples: Examples, tokenizer, max_length: int) -> tuple[dict, list[int]]:
+    """Tokenize once untruncated (to count what truncation cuts), then again only the long ones, which are
+    returned too."""
+    out = dict(tokenizer(list(examples.texts), list(examples.pairs) if examples.pairs is not None else None,
+                         truncation=False, verbose=False))
     long = [i for i, ids in enumerate(out["input_ids"]) if len(ids) > max_length]
     if long:
         pairs = [examples.pairs[i] for i in long] if examples.pairs is not None else None
@@ -32,7 +41,12 @@ def tokenize(examples: Examples, tokenizer, max_length: int) -> Encoded:
         for key in out:
             for position, i in enumerate(long):
                 out[key][i] = cut[key][position]
-    return Encoded(out["input_ids"], out.get("token_type_ids"), list(examples.labels), len(long))
+    return out, long
+
+
+def lengths(rows) -> list[int]:
+    """Token counts of rows (lists, or a cached store's memory-mapped rows, which know theirs)."""
+    return rows.lengths() if hasattr(rows, "lengths") else [len(row) for row in rows]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -87,7 +101,7 @@ def pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
     width = max((len(row) for row in rows), default=0)
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):
-        if row:
+        if len(row):
             target = out[i, width - len(row):] if left else out[i, :len(row)]
             target.copy_(torch.as_tensor(row, dtype=torch.long))
     return out

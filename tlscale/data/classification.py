@@ -5,10 +5,12 @@ import hashlib
 import json
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tlscale.data.readers import Table, kind_of, read_table
+from tlscale.data.readers import Record, Table, kind_of, read_table
 from tlscale.errors import DataError, did_you_mean
 from tlscale.spec.schema import DataSpec
 
@@ -17,11 +19,13 @@ MAX_REPORTED = 20
 
 @dataclass
 class Examples:
-    texts: list[str]
-    pairs: list[str] | None
-    raw_labels: list[object]
-    where: list[str]
+    texts: Sequence[str]
+    pairs: Sequence[str] | None
+    raw_labels: Sequence[object]
+    where: Sequence[str]
     labels: list[int] = field(default_factory=list)
+    store: Any = None  # the on-disk TokenStore these rows come from (tlscale/data/token_cache.py), if cached
+    rows: Sequence[int] | None = None  # each example's row in store
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -33,6 +37,8 @@ class Examples:
             raw_labels=[self.raw_labels[i] for i in indices],
             where=[self.where[i] for i in indices],
             labels=[self.labels[i] for i in indices] if self.labels else [],
+            store=self.store,
+            rows=[self.rows[i] for i in indices] if self.rows is not None else None,
         )
 
 
@@ -61,7 +67,7 @@ class ErrorCollector:
             raise DataError(self.messages + extra)
 
 
-def _check_columns(table: Table, spec: DataSpec, need_label: bool) -> None:
+def check_columns(table: Table, spec: DataSpec, need_label: bool) -> None:
     wanted = [("data.text_column", spec.text_column)]
     if spec.text_pair_column:
         wanted.append(("data.text_pair_column", spec.text_pair_column))
@@ -80,10 +86,17 @@ def read_examples(path: Path, spec: DataSpec, need_label: bool = True) -> Exampl
     table = read_table(path, spec.format)
     if not table.records:
         raise DataError(f"{path}: no data rows (the dataset is empty)")
-    _check_columns(table, spec, need_label)
+    check_columns(table, spec, need_label)
     errors = ErrorCollector()
+    examples = examples_from(table.records, spec, need_label, errors)
+    errors.raise_if_any()
+    return examples
+
+
+def examples_from(records: list[Record], spec: DataSpec, need_label: bool, errors: ErrorCollector) -> Examples:
+    """Records -> checked examples; every problem goes to errors (a whole file, or one chunk of a big one)."""
     texts, pairs, labels, where = [], [] if spec.text_pair_column else None, [], []
-    for record in table.records:
+    for record in records:
         text = _text(record.values.get(spec.text_column), record.where, spec.text_column, errors)
         pair = None
         if spec.text_pair_column:
@@ -99,7 +112,6 @@ def read_examples(path: Path, spec: DataSpec, need_label: bool = True) -> Exampl
             pairs.append(pair)
         labels.append(label.strip() if isinstance(label, str) else label)
         where.append(record.where)
-    errors.raise_if_any()
     return Examples(texts, pairs, labels, where)
 
 
@@ -120,26 +132,29 @@ def _int_like(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, str) and value.lstrip("-").isdigit())
 
 
-def infer_label_names(raw: list[object]) -> list[str]:
-    values = sorted({str(v) for v in raw}, key=lambda v: (0, int(v)) if _int_like(v) else (1, v))
-    return values
+def infer_label_names(raw: Sequence[object]) -> list[str]:
+    distinct = raw.distinct() if hasattr(raw, "distinct") else raw  # a cached column knows its values
+    return sorted({str(v) for v in distinct}, key=lambda v: (0, int(v)) if _int_like(v) else (1, v))
 
 
 def encode_labels(examples: Examples, names: list[str], declared: bool) -> None:
     """Raw labels are names, or integer ids when declared names are given."""
     index = {name: i for i, name in enumerate(names)}
-    errors = ErrorCollector()
-    ids = []
-    for raw, where in zip(examples.raw_labels, examples.where):
+
+    def label_id(raw) -> int:
         key = str(raw)
         if key in index:
-            ids.append(index[key])
-        elif declared and _int_like(raw) and 0 <= int(raw) < len(names):
-            ids.append(int(raw))
-        else:
-            errors.add(f"{where}: unknown label '{raw}'. Expected one of: {', '.join(names)}"
-                       + (" (or an id 0..%d)" % (len(names) - 1) if declared else ""))
-            ids.append(-1)
+            return index[key]
+        if declared and _int_like(raw) and 0 <= int(raw) < len(names):
+            return int(raw)
+        return -1
+
+    raw_labels = examples.raw_labels
+    ids = raw_labels.map_distinct(label_id) if hasattr(raw_labels, "map_distinct") else list(map(label_id, raw_labels))
+    errors = ErrorCollector()
+    for i in (i for i, label in enumerate(ids) if label < 0):
+        errors.add(f"{examples.where[i]}: unknown label '{raw_labels[i]}'. Expected one of: {', '.join(names)}"
+                   + (" (or an id 0..%d)" % (len(names) - 1) if declared else ""))
     errors.raise_if_any()
     examples.labels = ids
 
@@ -201,13 +216,14 @@ def require_two_classes(train: Examples, names: list[str], path: Path, sampled: 
                         "needs examples of at least 2 classes")
 
 
-def build_classification_data(spec: DataSpec, seed: int) -> ClassificationData:
-    train = read_examples(spec.train_file, spec)
+def build_classification_data(spec: DataSpec, seed: int, read=read_examples) -> ClassificationData:
+    """read(path, spec) -> Examples: read_examples, or the on-disk token store's (token_cache.cached_reader)."""
+    train = read(spec.train_file, spec)
     names = list(spec.labels) if spec.labels else infer_label_names(train.raw_labels)
     encode_labels(train, names, declared=bool(spec.labels))
     require_two_classes(train, names, spec.train_file)
     if spec.eval_file is not None:
-        eval_examples = read_examples(spec.eval_file, spec)
+        eval_examples = read(spec.eval_file, spec)
         encode_labels(eval_examples, names, declared=bool(spec.labels))
     pool_seed = seed if spec.seed is None else spec.seed
     train = sample(train, spec.limit, pool_seed)
@@ -219,3 +235,4 @@ def build_classification_data(spec: DataSpec, seed: int) -> ClassificationData:
     if spec.per_class is not None:  # the label budget, drawn with the run's seed from the (shared) pool
         train = train.subset(draw_per_class(train.labels, spec.per_class, seed, f"data.per_class: {spec.train_file}"))
     return ClassificationData(names, train, eval_examples)
+

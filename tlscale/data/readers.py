@@ -5,8 +5,11 @@ into '\ufeffsentence', which prints exactly like 'sentence'."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,14 +92,50 @@ def detect_format(path: Path, declared: str = "auto") -> str:
 
 
 def read_table(path: str | Path, declared_format: str = "auto") -> Table:
+    stream = stream_table(path, declared_format)
+    records = list(stream.records)
+    columns = dict.fromkeys(stream.columns)
+    for record in records:  # JSON Lines: every key of every object, in order of first appearance
+        columns.update(dict.fromkeys(record.values))
+    return Table(stream.path, list(columns), records)
+
+
+def existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found (cwd is {Path.cwd()})")
     if not path.is_file():
         raise DataError(f"{path}: expected a file, found a directory")
+    return path
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A table read record by record, so a million-row file never sits in memory as Python objects.
+    columns: the header (csv, tsv, parquet) or, for JSON Lines, the keys seen in the first object."""
+
+    path: Path
+    columns: list[str]
+    records: Iterator[Record]
+
+
+def stream_table(path: str | Path, declared_format: str = "auto") -> Stream:
+    """Open a table for reading; errors come as DataError whether they show at the header or on row 900,000."""
+    path = existing_file(path)
     fmt = detect_format(path, declared_format)
+    with _as_data_errors(path, fmt):
+        if fmt in STREAMING:
+            columns, records = STREAMING[fmt](path)
+        else:  # a reader registered without a streaming variant returns the whole table
+            table = READERS.get(fmt)(path)
+            columns, records = table.columns, iter(table.records)
+    return Stream(path, columns, _checked(records, path, fmt))
+
+
+@contextmanager
+def _as_data_errors(path: Path, fmt: str):
     try:
-        return READERS.get(fmt)(path)
+        yield
     except DataError:
         raise
     except UnicodeDecodeError as exc:
@@ -105,51 +144,55 @@ def read_table(path: str | Path, declared_format: str = "auto") -> Table:
         raise DataError(f"{path}: cannot read as {fmt}: {exc}") from None
 
 
-def _delimited(path: Path, delimiter: str, quoting: int) -> Table:
+def _checked(records: Iterator[Record], path: Path, fmt: str) -> Iterator[Record]:
+    with _as_data_errors(path, fmt):
+        yield from records
+
+
+def _delimited(path: Path, delimiter: str, quoting: int) -> tuple[list[str], Iterator[Record]]:
+    handle = path.open(newline="", encoding="utf-8-sig")
+    reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
     limit = csv.field_size_limit(sys.maxsize)  # long documents (QA contexts) exceed the 128 KiB default
     try:
-        return _read_delimited(path, delimiter, quoting)
+        header = next(reader, None)
     finally:
         csv.field_size_limit(limit)  # the process's setting is not ours to keep
+    if not header:
+        handle.close()
+        raise DataError(f"{path}:1: empty file, expected a header row")
+    header = [h.strip() for h in header]
+    _unique_columns(f"{path}:1", header)
+    return header, _delimited_rows(handle, reader, header, path, delimiter)
 
 
-def _read_delimited(path: Path, delimiter: str, quoting: int) -> Table:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}:1: empty file, expected a header row")
-        header = [h.strip() for h in header]
-        _unique_columns(f"{path}:1", header)
-        records = []
+def _delimited_rows(handle, reader, header: list[str], path: Path, delimiter: str) -> Iterator[Record]:
+    with handle:
         line = reader.line_num
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if not row or row == [""]:
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}:{start}: expected {len(header)} fields ({delimiter!r}-separated: "
-                    f"{', '.join(header)}), found {len(row)}"
-                )
-            records.append(Record(dict(zip(header, row)), f"{path}:{start}"))
-    return Table(path, header, records)
+        limit = csv.field_size_limit(sys.maxsize)
+        try:
+            for row in reader:
+                start, line = line + 1, reader.line_num
+                if not row or row == [""]:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}:{start}: expected {len(header)} fields ({delimiter!r}-separated: "
+                        f"{', '.join(header)}), found {len(row)}"
+                    )
+                yield Record(dict(zip(header, row)), f"{path}:{start}")
+        finally:
+            csv.field_size_limit(limit)
 
 
-@READERS.register("csv")
-def read_csv(path: Path) -> Table:
-    return _delimited(path, ",", csv.QUOTE_MINIMAL)
+def _jsonl(path: Path) -> tuple[list[str], Iterator[Record]]:
+    records = _jsonl_rows(path)
+    first = next(records, None)
+    if first is None:
+        return [], iter(())
+    return list(first.values), itertools.chain([first], records)
 
 
-@READERS.register("tsv")
-def read_tsv(path: Path) -> Table:
-    """GLUE-style TSV: no quoting, quotes are part of the text."""
-    return _delimited(path, "\t", csv.QUOTE_NONE)
-
-
-@READERS.register("jsonl")
-def read_jsonl(path: Path) -> Table:
-    records, columns = [], {}
+def _jsonl_rows(path: Path) -> Iterator[Record]:
     with path.open(encoding="utf-8-sig") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -162,9 +205,48 @@ def read_jsonl(path: Path) -> Table:
                 raise DataError(f"{path}:{number}: {exc}") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object per line, found {type(value).__name__}")
-            columns.update(dict.fromkeys(value))
-            records.append(Record(value, f"{path}:{number}"))
-    return Table(path, list(columns), records)
+            yield Record(value, f"{path}:{number}")
+
+
+def _parquet(path: Path) -> tuple[list[str], Iterator[Record]]:
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+        _unique_columns(str(path), names)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=10_000)
+    except DataError:
+        raise
+    except Exception as exc:  # pyarrow raises its own hierarchy  # noqa: BLE001
+        raise DataError(f"{path}: cannot read as parquet: {exc}") from None
+    return names, _parquet_rows(path, batches)
+
+
+def _parquet_rows(path: Path, batches) -> Iterator[Record]:
+    number = 0
+    try:
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield Record(row, f"{path}: row {number}")
+                number += 1
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read as parquet: {exc}") from None
+
+
+@READERS.register("csv")
+def read_csv(path: Path) -> Table:
+    return read_table(path, "csv")
+
+
+@READERS.register("tsv")
+def read_tsv(path: Path) -> Table:
+    """GLUE-style TSV: no quoting, quotes are part of the text."""
+    return read_table(path, "tsv")
+
+
+@READERS.register("jsonl")
+def read_jsonl(path: Path) -> Table:
+    return read_table(path, "jsonl")
 
 
 @READERS.register("json")
@@ -191,14 +273,10 @@ def read_json(path: Path) -> Table:
 
 @READERS.register("parquet")
 def read_parquet(path: Path) -> Table:
-    import pyarrow.parquet as pq
+    return read_table(path, "parquet")
 
-    try:
-        _unique_columns(str(path), pq.read_schema(path).names)
-        table = pq.read_table(path)
-    except DataError:
-        raise
-    except Exception as exc:  # pyarrow raises its own hierarchy  # noqa: BLE001
-        raise DataError(f"{path}: cannot read as parquet: {exc}") from None
-    rows = table.to_pylist()
-    return Table(path, table.column_names, [Record(r, f"{path}: row {i}") for i, r in enumerate(rows)])
+
+# The built-in formats read row by row (registered readers without an entry here are read whole).
+STREAMING = {"csv": lambda path: _delimited(path, ",", csv.QUOTE_MINIMAL),
+             "tsv": lambda path: _delimited(path, "\t", csv.QUOTE_NONE),
+             "jsonl": _jsonl, "parquet": _parquet}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tlscale.data.batching import Encoded, collate, no_grad, sequential_batches
+from tlscale.data.batching import Encoded, collate, lengths, no_grad, sequential_batches
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
@@ -36,7 +36,7 @@ def predict_probabilities(model, data: Encoded, batch_size: int, pad_id: int, de
     """Probabilities in the original example order (batches sorted by length: less padding)."""
     import torch
 
-    batches = sequential_batches([len(ids) for ids in data.input_ids], batch_size)
+    batches = sequential_batches(lengths(data.input_ids), batch_size)
     index, probs = score_batches(model, data, batches, pad_id, device, feature_cache)
     ordered = torch.empty_like(probs)
     ordered[index] = probs

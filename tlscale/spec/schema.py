@@ -204,6 +204,10 @@ class DataSpec(Section):
     seed: int | None = Field(None, description="Seed of limit, eval_limit and the held-out split (default: the "
                              "spec's seed), so runs of several seeds can draw their per_class budgets from one pool.")
     eval_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Held-out share when eval_file is absent.")
+    cache: bool = Field(True, description="text_classification: keep the files read, checked and tokenized on disk "
+                        "($TLSCALE_CACHE/data, default ~/.cache/tlscale/data) and reuse them while the file's bytes, "
+                        "the columns, the tokenizer and model.max_length are the same; every process of a launched "
+                        "or Ray run reads that one copy. Not used with augment or distill.")
     augment: AugmentSpec = Field(AugmentSpec(), description="Augmentation of the training examples for tiny "
                                  "labelled sets (text_classification and the few-shot encoder baselines).")
 

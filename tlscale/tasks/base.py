@@ -68,9 +68,9 @@ class Task:
 
     def epoch_batches(self, train, batch_size: int, seed: int, group_by_length: bool, world: int) -> list[list[int]]:
         """The epoch's global batches of training indices, in order (seed: the run's and the epoch's)."""
-        from tlscale.data.batching import length_grouped_batches, shuffled_batches
+        from tlscale.data.batching import length_grouped_batches, lengths, shuffled_batches
 
-        batches = (length_grouped_batches([len(ids) for ids in train.input_ids], batch_size, seed)
+        batches = (length_grouped_batches(lengths(train.input_ids), batch_size, seed)
                    if group_by_length else shuffled_batches(len(train), batch_size, seed))
         return [b for b in batches if len(b) >= world]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlscale.data import build_classification_data, collate, sequential_batches, tokenize
+from tlscale.data import build_classification_data, collate, lengths, read_examples, sequential_batches, tokenize
 from tlscale.data.classification import fingerprint
 from tlscale.errors import ConfigError
 from tlscale.eval import (classification_metrics, plot_confusion_matrix, plot_reliability, reliability_bins,
@@ -40,7 +40,7 @@ class TextClassification(Task):
 
     def prepare(self, tokenizer) -> TaskData:
         spec = self.spec
-        data = build_classification_data(spec.data, spec.seed)
+        data = build_classification_data(spec.data, spec.seed, self.reader(tokenizer))
         notes = {"eval_sha256": fingerprint(data.eval, data.label_names)}
         examples = data.train
         if spec.data.augment.copies:
@@ -53,6 +53,16 @@ class TextClassification(Task):
             notes["distill"] = {**facts, **lineage, "labelled": len(data.train), "transfer_texts": len(examples)}
         evaluation = tokenize(data.eval, tokenizer, spec.model.max_length)
         return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval, notes=notes)
+
+    def reader(self, tokenizer):
+        """The files through the on-disk token store (data.cache), unless augmentation or distillation will need
+        the training texts in memory anyway."""
+        spec = self.spec
+        if spec.data.cache and not spec.data.augment.copies and not spec.distill.enabled:
+            from tlscale.data.token_cache import cached_reader
+
+            return cached_reader(tokenizer, spec.model.max_length)
+        return read_examples
 
     def build_model(self, data: TaskData, load_options: dict):
         from tlscale.models import build_classifier
@@ -71,7 +81,7 @@ class TextClassification(Task):
     def probabilities(self, accelerator, model, data, pad_id, feature_cache=None) -> torch.Tensor:
         """Class probabilities of every eval example, in order, gathered over ranks."""
         eval_set = data.eval
-        batches = sequential_batches([len(ids) for ids in eval_set.input_ids], self.spec.eval.batch_size)
+        batches = sequential_batches(lengths(eval_set.input_ids), self.spec.eval.batch_size)
         return gather_rows(accelerator, lambda b: score_batches(model, eval_set, [b], pad_id, accelerator.device,
                                                                 feature_cache), batches, len(eval_set))
 
