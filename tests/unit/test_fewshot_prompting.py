@@ -139,20 +139,37 @@ def tiny_lms():
     return lms
 
 
+class WithoutLogitsToKeep(torch.nn.Module):
+    """A wrapper whose forward does not take logits_to_keep (as PEFT's): every position's logits come back."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("words", ["multi-token", "one token"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_shared_prefix_scores_equal_naive_scores(tiny_lms, arch):
+def test_shared_prefix_scores_equal_naive_scores(tiny_lms, arch, words):
     from tlscale.data.causal_lm import prompt_ids
 
     model, tokenizer = tiny_lms[arch]
     template = Template("Review: {text}\nSentiment: {label}")
     prompts = [template.render([({"text": "a dull film"}, "bad")] * n, {"text": f"film number {n}"}) for n in range(5)]
     ids = [prompt_ids(tokenizer, p) for p in prompts]
-    choices = tokenize_choices(tokenizer, [" good", " bad", " very good indeed", " not at all good, no"])
-    assert len({len(c) for c in choices}) > 2  # multi-token choices of different lengths
-    shared = shared_prefix_scores(model, ids, choices, batch_size=2, pad_id=tokenizer.pad_token_id)
+    if words == "multi-token":
+        choices = tokenize_choices(tokenizer, [" good", " bad", " very good indeed", " not at all good, no"])
+        assert len({len(c) for c in choices}) > 2  # multi-token choices of different lengths
+    else:  # the prompt alone, left-padded, logits at the last position only
+        choices = tokenize_choices(tokenizer, [" a", " b", " c"])
+        assert {len(c) for c in choices} == {1}
     naive = naive_scores(model, ids, choices, batch_size=3, pad_id=tokenizer.pad_token_id)
-    assert torch.allclose(shared.logprob, naive.logprob, atol=1e-4), (shared.logprob - naive.logprob).abs().max()
-    assert torch.equal(shared.tokens, naive.tokens)
+    for scored in (model, WithoutLogitsToKeep(model)):
+        shared = shared_prefix_scores(scored, ids, choices, batch_size=2, pad_id=tokenizer.pad_token_id)
+        assert torch.allclose(shared.logprob, naive.logprob, atol=1e-4), (shared.logprob - naive.logprob).abs().max()
+        assert torch.equal(shared.tokens, naive.tokens)
     one_by_one = torch.stack([naive_scores(model, [p], [c]).logprob[0, 0] for p in ids for c in choices])
     assert torch.allclose(shared.logprob.flatten(), one_by_one, atol=1e-4)  # no padding at all
 

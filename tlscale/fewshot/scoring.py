@@ -6,9 +6,15 @@ choice only, and every choice's positions continue from the prompt's end (a 4D a
 position ids, as in packed training). So the prompt, the long part, is computed once per example rather
 than once per (example, choice), and each choice's log-probabilities are those of prompt + choice alone
 (tested against naive per-choice scoring). Batches are sorted by length to waste little on padding.
+
+Two more savings, both exact: when every choice is one token (the usual verbalizer), the choices need no
+positions at all, only the distribution after the prompt (left-padded, so every row ends at the last column);
+and the vocabulary projection, a third of a GPT-2-small forward, runs only at the positions that predict a
+choice token (transformers' logits_to_keep), not at every prompt token.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +45,8 @@ def tokenize_choices(tokenizer, choices: list[str]) -> list[list[int]]:
 def shared_prefix_scores(model, prompts: list[list[int]], choices: list[list[int]], batch_size: int = 8,
                          pad_id: int = 0) -> ChoiceScores:
     """prompts: token ids per example; choices: token ids per choice (the same choices for every example)."""
+    if all(len(choice) == 1 for choice in choices):
+        return _next_token_scores(model, prompts, choices, batch_size, pad_id)
     device = next(model.parameters()).device
     offsets, total = [], 0
     for choice in choices:
@@ -64,15 +72,41 @@ def shared_prefix_scores(model, prompts: list[list[int]], choices: list[list[int
         query, key = segment[:, :, None], segment[:, None, :]
         allowed = causal & (key >= 0) & ((key == 0) | (key == query))
         allowed |= torch.eye(width, dtype=torch.bool)  # padding positions attend to themselves (no NaNs)
+        # token t of choice j is predicted at the position before it: the prompt's last for t = 0
+        wheres = {(row, j): [len(prompts[i]) - 1] + [len(prompts[i]) + offsets[j] + t for t in range(len(choice) - 1)]
+                  for row, i in enumerate(batch) for j, choice in enumerate(choices)}
+        kept = sorted({position for where in wheres.values() for position in where})
+        column = {position: c for c, position in enumerate(kept)}
         logits = model(input_ids=ids.to(device), attention_mask=allowed[:, None].to(device),
-                       position_ids=positions.to(device)).logits
+                       position_ids=positions.to(device), **_logits_at(model, torch.tensor(kept, device=device))).logits
+        if logits.shape[1] != len(kept):  # a model without logits_to_keep returned every position
+            column = {position: position for position in kept}
         for row, i in enumerate(batch):
-            n = len(prompts[i])
             for j, choice in enumerate(choices):
-                # token t of choice j is predicted at the position before it: the prompt's last for t = 0
-                where = [n - 1] + [n + offsets[j] + t for t in range(len(choice) - 1)]
-                logprob[i, j] = _choice_logprob(logits[row, where], choice)
+                logprob[i, j] = _choice_logprob(logits[row, [column[p] for p in wheres[row, j]]], choice)
     return ChoiceScores(logprob, _token_counts(len(prompts), choices))
+
+
+def _next_token_scores(model, prompts: list[list[int]], choices: list[list[int]], batch_size: int,
+                       pad_id: int) -> ChoiceScores:
+    """One-token choices: one forward of the prompt alone, the vocabulary projection at its last token only."""
+    device = next(model.parameters()).device
+    tokens = torch.tensor([choice[0] for choice in choices], device=device)
+    logprob = torch.zeros(len(prompts), len(choices))
+    for batch in _length_sorted_batches([len(p) for p in prompts], batch_size):
+        rows = [prompts[i] for i in batch]
+        ids, mask = pad(rows, pad_id, left=True), attention_mask(rows, left=True)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                       **_logits_at(model, 1)).logits[:, -1]
+        logprob[batch] = torch.log_softmax(logits.float(), dim=-1)[:, tokens].cpu()
+    return ChoiceScores(logprob, _token_counts(len(prompts), choices))
+
+
+def _logits_at(model, keep) -> dict:
+    """logits_to_keep where the model takes it (transformers' causal LMs do): an int keeps the last positions,
+    a tensor those positions."""
+    return {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 @torch.no_grad()
