@@ -34,7 +34,8 @@ def build(examples: int):
     from tlscale.models import load_tokenizer
     from tlscale.spec.schema import ModelSpec
 
-    tokenizer = load_tokenizer(ModelSpec(name_or_path="tiny:gpt2", max_length=512))
+    tokenizer = load_tokenizer(ModelSpec(name_or_path="tiny:gpt2", max_length=128))
+    tokenizer.model_max_length = 512  # the model below has 512 positions; the prompts are ~150 tokens
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=768, n_layer=12, n_head=12,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)

@@ -55,9 +55,14 @@ def module_sst2(sst2_files):
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
-def test_two_processes_match_one(tmp_path, reference, name):
+def test_two_processes_match_one(tmp_path, reference, name, monkeypatch):
     one_dir, (train_file, dev_file) = reference
-    train_ok(spec_for(tmp_path, train_file, dev_file, name, {**BACKENDS[name], "num_processes": 2}))
+    monkeypatch.setenv("TLSCALE_CACHE", str(tmp_path / "cache"))  # empty: the launcher tokenizes, workers reuse
+    result = train_ok(spec_for(tmp_path, train_file, dev_file, name, {**BACKENDS[name], "num_processes": 2}))
+    console = result.stdout + result.stderr
+    assert console.count("read, checked and tokenized once") == 2  # train and dev files, by the launcher only
+    assert len(list((tmp_path / "cache" / "data").iterdir())) == 2
+    assert "tokenized rows reused" in (tmp_path / name / "train.log").read_text()
     ours, theirs = losses(tmp_path / name), losses(one_dir)
     assert len(ours) == len(theirs) == STEPS
     assert ours[0] == pytest.approx(theirs[0], abs=1e-5)  # same examples, same weights: same first loss
