@@ -148,3 +148,14 @@ def test_a_missing_column_is_named_as_for_a_direct_read(tmp_path, tokenizer):
     with pytest.raises(DataError) as cached:
         build_classification_data(spec, 0, cached_reader(tokenizer, 16))
     assert str(cached.value) == str(direct.value) and "data.text_column 'sentence' is not a column" in str(cached.value)
+
+
+def test_an_unreadable_store_is_built_again(tmp_path, tokenizer, cache, caplog):
+    spec = spec_for(pairs_file(tmp_path))
+    first = build_classification_data(spec, 0, cached_reader(tokenizer, 16))
+    (folder,) = cache.iterdir()
+    (folder / "ids.bin").unlink()  # a half-deleted cache folder
+    again = build_classification_data(spec, 0, cached_reader(tokenizer, 16))
+    assert "cannot be read" in caplog.text and (folder / "ids.bin").is_file()
+    assert [r.tolist() for r in tokenize(again.train, tokenizer, 16).input_ids] == \
+        [r.tolist() for r in tokenize(first.train, tokenizer, 16).input_ids]

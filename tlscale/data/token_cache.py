@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlscale.data.classification import ErrorCollector, Examples, check_columns, examples_from
-from tlscale.data.readers import Record, Table, detect_format, existing_file, stream_table
+from tlscale.data.classification import ErrorCollector, Examples, check_columns, examples_from, read_examples
+from tlscale.data.readers import STREAMING, Record, Table, detect_format, existing_file, stream_table
 from tlscale.errors import DataError
 from tlscale.files import cache_root
 
@@ -36,15 +36,32 @@ def cached_reader(tokenizer, max_length: int):
 
 
 def cached_examples(path: Path, spec, tokenizer, max_length: int, need_label: bool = True) -> Examples:
-    """The file's examples, backed by the on-disk store (built first when missing)."""
+    """The file's examples, backed by the on-disk store (built first when missing). A format registered by a
+    user is read directly: its rows' file:line labels may not follow the built-in readers' shape."""
     path = existing_file(path)
+    if detect_format(path, spec.format) not in (*STREAMING, "json"):
+        return read_examples(path, spec, need_label)
     folder = cache_root() / "data" / cache_key(path, spec, tokenizer, max_length, need_label)
-    if not (folder / "meta.json").is_file():
+    store = _open(folder, path)
+    if store is None:
         rows = build_store(path, spec, tokenizer, max_length, need_label, folder)
         log.info("data: %s: %s rows read, checked and tokenized once; kept in %s", path, f"{rows:,}", folder)
+        store = TokenStore(folder, path)
     else:
         log.info("data: %s: tokenized rows reused from %s", path, folder)
-    return TokenStore(folder, path).examples()
+    return store.examples()
+
+
+def _open(folder: Path, path: Path) -> TokenStore | None:
+    """The store in folder, or None when there is none or it cannot be read (then it is built again)."""
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        return TokenStore(folder, path)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("data: the cached copy of %s in %s cannot be read (%s); building it again", path, folder, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def cache_key(path: Path, spec, tokenizer, max_length: int, need_label: bool) -> str:
@@ -144,7 +161,7 @@ class StoreWriter:
         if self.pairs:
             self._texts(examples.pairs, "pairs", self.pair_ends)
         if need_label:
-            self.codes.extend(self.label_codes.setdefault(json.dumps(raw), len(self.label_codes))
+            self.codes.extend(self.label_codes.setdefault(json.dumps(raw, default=str), len(self.label_codes))
                               for raw in examples.raw_labels)
         if self.where_prefix is None:
             self.where_prefix = examples.where[0].rstrip("0123456789")
@@ -222,20 +239,30 @@ def _offsets(path: Path) -> np.ndarray:
     return np.concatenate([np.zeros(1, dtype=np.int64), np.load(path)])
 
 
-class TextColumn(Sequence):
+class Column(Sequence):
+    """A read-only column over mapped arrays: an index reads one row, a slice a list of rows."""
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.row(j) for j in range(*i.indices(len(self)))]
+        return self.row(i)
+
+    def row(self, i: int):
+        raise NotImplementedError
+
+
+class TextColumn(Column):
     def __init__(self, blob: np.ndarray, offsets: np.ndarray):
         self.blob, self.offsets = blob, offsets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def row(self, i: int):
         return self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8")
 
 
-class LabelColumn(Sequence):
+class LabelColumn(Column):
     """Raw labels as distinct values and one code per row."""
 
     def __init__(self, values: list, codes: np.ndarray):
@@ -244,9 +271,7 @@ class LabelColumn(Sequence):
     def __len__(self) -> int:
         return len(self.codes)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def row(self, i: int):
         return self.values[self.codes[i]]
 
     def distinct(self) -> list:
@@ -257,20 +282,18 @@ class LabelColumn(Sequence):
         return np.asarray([function(value) for value in self.values], dtype=np.int64)[self.codes].tolist()
 
 
-class WhereColumn(Sequence):
+class WhereColumn(Column):
     def __init__(self, prefix: str, numbers: np.ndarray):
         self.prefix, self.numbers = prefix, numbers
 
     def __len__(self) -> int:
         return len(self.numbers)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def row(self, i: int):
         return f"{self.prefix}{self.numbers[i]}"
 
 
-class TokenRows(Sequence):
+class TokenRows(Column):
     """The token rows of some store rows (a sample, a split); a row is read from the mapped file when asked for."""
 
     def __init__(self, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
@@ -279,9 +302,7 @@ class TokenRows(Sequence):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def row(self, i: int):
         return np.array(self.flat[self.starts[i]:self.ends[i]])  # a copy: the mapping is read-only
 
     def lengths(self) -> list[int]:
