@@ -2,14 +2,17 @@
 to the planner's prediction.
 
 A BERT-base-shaped model (~110M parameters, random weights built from a config: nothing downloaded) trains 3
-steps in each setting. Around every optimizer step (forward, backward, the optimizer's update, zero_grad) each
-worker (a) counts the bytes of all live tensor storages at the step's start (weights, gradients, optimizer
-states, DeepSpeed's flat partitions and buffers; each storage once) and (b) records every allocation and free
-inside the step with torch's profiler (profile_memory), whose running sum in time order gives the step's high
-point above (a): activations, gathered ZeRO-3 layers, communication buckets, the optimizer's temporaries. The
-rank's peak is the largest (a) + (b) over its steps. Process RSS is no use here: its high-water mark is set
-while the checkpoint loads, before ZeRO partitions anything. A 1M-parameter run measured the same way gives the
-small constant of other tensors, subtracted. Ratios are to DDP at the same world size.
+steps in each setting. While each optimizer step runs (forward, backward, the optimizer's update, zero_grad),
+a thread in every worker reads the process's anonymous resident memory (RssAnon: every tensor, buffer and
+communication scratch space; not the mapped checkpoint or data files) every millisecond, with glibc told to
+serve every allocation of 64 KiB or more by mmap (MALLOC_MMAP_THRESHOLD_), so that freed tensors leave RSS at
+once and the samples follow the live memory. The rank's peak is the highest sample over its steps; a run of a
+1M-parameter model measured the same way gives the runtime's own memory, subtracted. Process RSS's high-water
+mark (ru_maxrss) is no use here: it is set while the checkpoint loads, before ZeRO partitions anything; torch's
+profiler (profile_memory) misses the frees that happen on gloo's threads, so its running sum only grows.
+Also reported: the bytes of live tensor storages at the last step's start (weights, gradients, optimizer
+states, DeepSpeed's partitions and buffers), the state the planner predicts. Ratios are to DDP at the same
+world size.
 
     .venv/bin/python bench/zero_memory.py [--worlds 2 4]
 """
@@ -27,12 +30,18 @@ import yaml
 from common import DATA, ROOT
 
 HOOK = '''
-import gc, json, os
+import gc, json, os, threading, time
 import torch
 import tlscale.training.loop as loop
 _step = loop.step
 _best = {"peak_bytes": 0, "steps": []}
-def _resident_bytes():
+def _rss_anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+def _resident_tensor_bytes():
     seen = {}
     for obj in gc.get_objects():
         try:
@@ -42,21 +51,26 @@ def _resident_bytes():
         except Exception:
             pass
     return sum(seen.values())
-def _profiled_step(*args, **kwargs):
-    from torch.profiler import ProfilerActivity, profile
-    resident = _resident_bytes()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = _step(*args, **kwargs)
-    level = high = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):  # each op's own allocations and frees
-        level += event.self_cpu_memory_usage
-        high = max(high, level)
-    _best["steps"].append({"resident": resident, "high_above_resident": high, "end_change": level})
-    _best["peak_bytes"] = max(_best["peak_bytes"], resident + high)
-    with open(os.path.join(os.environ["TLSCALE_MEMLOG"], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
-        json.dump(_best, f)
-    return result
-loop.step = _profiled_step
+def _sampled_step(*args, **kwargs):
+    tensors = _resident_tensor_bytes()
+    high, done = [_rss_anon()], threading.Event()
+    def sample():
+        while not done.is_set():
+            high[0] = max(high[0], _rss_anon())
+            time.sleep(0.001)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        return _step(*args, **kwargs)
+    finally:
+        done.set()
+        sampler.join()
+        high[0] = max(high[0], _rss_anon())
+        _best["steps"].append({"tensors_at_start": tensors, "rss_anon_peak": high[0]})
+        _best["peak_bytes"] = max(_best["peak_bytes"], high[0])
+        with open(os.path.join(os.environ["TLSCALE_MEMLOG"], f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
+            json.dump(_best, f)
+loop.step = _sampled_step
 '''
 
 SETTINGS = {
@@ -99,7 +113,7 @@ def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict, world: in
     }
     spec_file = tmp / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
-    env = {**os.environ, "TLSCALE_MEMLOG": str(logs),
+    env = {**os.environ, "TLSCALE_MEMLOG": str(logs), "MALLOC_MMAP_THRESHOLD_": "65536",
            "PYTHONPATH": os.pathsep.join([str(tmp / "hook"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-m", "tlscale", "train", str(spec_file), "--no-progress"],
                             env=env, capture_output=True, text=True)
@@ -141,19 +155,20 @@ def main() -> None:
                 acts = activations(size, 8 // world, 32, mixed_precision=False)
                 results.append({"world": world, "setting": name, "peak_gib_per_rank": [n / gib for n in net],
                                  "peak_gib": max(net) / gib, "planner_gib": (states + acts) / gib,
-                                 "resident_at_step_start_gib": max(r["steps"][-1]["resident"] - b["steps"][-1]["resident"]
-                                                                   for r, b in zip(ranks, baseline)) / gib,
+                                 "tensors_at_step_start_gib": max(r["steps"][-1]["tensors_at_start"] -
+                                                                  b["steps"][-1]["tensors_at_start"]
+                                                                  for r, b in zip(ranks, baseline)) / gib,
                                  "steps": ranks})
     ddp = {r["world"]: r for r in results if r["setting"] == "DDP"}
     for r in results:
         r["ratio_to_ddp"] = r["peak_gib"] / ddp[r["world"]]["peak_gib"]
         r["planner_ratio_to_ddp"] = r["planner_gib"] / ddp[r["world"]]["planner_gib"]
     print(f"\nBERT-base shape, {size.total / 1e6:.1f}M parameters, fp32 Adam, CPU (gloo), global batch 8 x 32 tokens; "
-          "per-rank peak over whole steps, a 1M-parameter run's subtracted")
+          "per-rank peak RssAnon over whole steps, a 1M-parameter run's subtracted; tensors at the last step's start")
     print(f"{'ranks':>5} {'setting':8} {'peak GiB':>9} {'at step start':>14} {'ratio to DDP':>13} {'planner GiB':>12} "
           f"{'planner ratio':>14}")
     for r in results:
-        print(f"{r['world']:>5} {r['setting']:8} {r['peak_gib']:9.2f} {r['resident_at_step_start_gib']:14.2f} "
+        print(f"{r['world']:>5} {r['setting']:8} {r['peak_gib']:9.2f} {r['tensors_at_step_start_gib']:14.2f} "
               f"{r['ratio_to_ddp']:13.2f} {r['planner_gib']:12.2f} {r['planner_ratio_to_ddp']:14.2f}")
     args.out.write_text(json.dumps({"parameters": size.total, "results": results}, indent=2) + "\n")
     print(f"written {args.out}")
