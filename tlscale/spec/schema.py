@@ -207,7 +207,8 @@ class DataSpec(Section):
     cache: bool = Field(True, description="text_classification: keep the files read, checked and tokenized on disk "
                         "($TLSCALE_CACHE/data, default ~/.cache/tlscale/data) and reuse them while the file's bytes, "
                         "the columns, the tokenizer and model.max_length are the same; every process of a launched "
-                        "or Ray run reads that one copy. Not used with augment or distill.")
+                        "or Ray run reads that one copy. Not used with augment or distill, nor when data.limit samples 20,000 rows "
+                        "or fewer (tokenizing only the sample is cheaper).")
     augment: AugmentSpec = Field(AugmentSpec(), description="Augmentation of the training examples for tiny "
                                  "labelled sets (text_classification and the few-shot encoder baselines).")
 

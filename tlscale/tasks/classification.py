@@ -28,6 +28,9 @@ def augment(spec, examples, tokenizer):
     return augmented, facts
 
 
+DIRECT_READ_LIMIT = 20_000  # data.limit up to this: the file is read directly, only the sample tokenized
+
+
 @TASKS.register("text_classification")
 class TextClassification(Task):
     name = "text_classification"
@@ -56,9 +59,11 @@ class TextClassification(Task):
 
     def reader(self, tokenizer):
         """The files through the on-disk token store (data.cache), unless augmentation or distillation will need
-        the training texts in memory anyway."""
+        the training texts in memory anyway, or the run samples few rows (data.limit): tokenizing a whole big
+        file to train on a small sample of it would cost more than it saves."""
         spec = self.spec
-        if spec.data.cache and not spec.data.augment.copies and not spec.distill.enabled:
+        small_sample = spec.data.limit is not None and spec.data.limit <= DIRECT_READ_LIMIT
+        if spec.data.cache and not small_sample and not spec.data.augment.copies and not spec.distill.enabled:
             from tlscale.data.token_cache import cached_reader
 
             return cached_reader(tokenizer, spec.model.max_length)
