@@ -155,13 +155,15 @@ def _delimited(path: Path, delimiter: str, quoting: int) -> tuple[list[str], Ite
     limit = csv.field_size_limit(sys.maxsize)  # long documents (QA contexts) exceed the 128 KiB default
     try:
         header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}:1: empty file, expected a header row")
+        header = [h.strip() for h in header]
+        _unique_columns(f"{path}:1", header)
+    except BaseException:
+        handle.close()
+        raise
     finally:
         csv.field_size_limit(limit)  # the process's setting is not ours to keep
-    if not header:
-        handle.close()
-        raise DataError(f"{path}:1: empty file, expected a header row")
-    header = [h.strip() for h in header]
-    _unique_columns(f"{path}:1", header)
     return header, _delimited_rows(handle, reader, header, path, delimiter)
 
 
