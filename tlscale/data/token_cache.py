@@ -31,17 +31,26 @@ log = logging.getLogger("tlscale")
 
 
 def cached_reader(tokenizer, max_length: int):
-    """A reader for build_classification_data that goes through the store."""
-    return lambda path, spec: cached_examples(path, spec, tokenizer, max_length)
+    """A reader for build_classification_data that goes through the store; the tokenizer's digest is taken
+    once for both files."""
+    digest: list[str] = []
+
+    def read(path, spec):
+        digest[:] = digest or [tokenizer_digest(tokenizer)]
+        return cached_examples(path, spec, tokenizer, max_length, tokenizer_key=digest[0])
+
+    return read
 
 
-def cached_examples(path: Path, spec, tokenizer, max_length: int, need_label: bool = True) -> Examples:
+def cached_examples(path: Path, spec, tokenizer, max_length: int, need_label: bool = True,
+                    tokenizer_key: str | None = None) -> Examples:
     """The file's examples, backed by the on-disk store (built first when missing). A format registered by a
     user is read directly: its rows' file:line labels may not follow the built-in readers' shape."""
     path = existing_file(path)
     if detect_format(path, spec.format) not in (*STREAMING, "json"):
         return read_examples(path, spec, need_label)
-    folder = cache_root() / "data" / cache_key(path, spec, tokenizer, max_length, need_label)
+    key = cache_key(path, spec, tokenizer_key or tokenizer_digest(tokenizer), max_length, need_label)
+    folder = cache_root() / "data" / key
     store = _open(folder, path)
     if store is None:
         rows = build_store(path, spec, tokenizer, max_length, need_label, folder)
@@ -64,10 +73,10 @@ def _open(folder: Path, path: Path) -> TokenStore | None:
         return None
 
 
-def cache_key(path: Path, spec, tokenizer, max_length: int, need_label: bool) -> str:
+def cache_key(path: Path, spec, tokenizer_key: str, max_length: int, need_label: bool) -> str:
     parts = {"version": VERSION, "file": file_digest(path), "format": detect_format(Path(path), spec.format),
              "text": spec.text_column, "pair": spec.text_pair_column, "label": spec.label_column if need_label else None,
-             "tokenizer": tokenizer_digest(tokenizer), "max_length": max_length}
+             "tokenizer": tokenizer_key, "max_length": max_length}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
