@@ -28,7 +28,7 @@ demo: $(STAMP)
 # Two pytest workers (one thread each) for all but the multi-process tests; those then run alone, since ranks
 # waiting on each other in collectives slow down several times when other work shares the cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs --durations=15 -n $(WORKERS) --dist loadfile -m "not distributed"
+	$(BIN)/python -m pytest -q -rs --durations=15 -n $(WORKERS) --dist loadfile --no-loadscope-reorder -m "not distributed"
 	$(BIN)/python -m pytest -q -rs --durations=15 -m distributed
 
 test-fast: $(STAMP)
