@@ -157,6 +157,48 @@ def test_feature_extraction_with_an_mlp_head_trains_only_the_head_and_reloads(tm
     assert isinstance(model.classifier, torch.nn.Sequential) and model.classifier[0].out_features == 16
 
 
+def test_feature_extraction_on_several_pooled_layers_trains_the_wider_head_and_reloads(tmp_path, spec):
+    """model.pool_layers: the embeddings' and the last block's pooled states, each layer-normalized, side by side;
+    the saved model computes the same features under plain transformers."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tlscale import train as run_training
+    from tlscale.spec import spec_from_dict
+
+    spec["strategy"] = {"name": "feature_extraction"}
+    spec["model"]["pool_layers"] = [0, -1]
+    spec["training"].update(epochs=2, eval_every_steps=None, save_every_steps=None)
+    result = run_training(spec_from_dict(spec), show_progress=False)
+    assert result.metrics["trainable_params"] == 2 * 32 * 2 + 2
+    assert result.metrics["saved_model_verified"] is True
+    folder = result.output_dir / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    batch = AutoTokenizer.from_pretrained(folder)(["a fine film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model.backbone(**batch, output_hidden_states=True).hidden_states
+        expected = torch.cat([torch.nn.functional.layer_norm(states[i][:, 0], (32,)) for i in (0, -1)], dim=-1)
+        assert torch.allclose(model.features(**batch), expected, atol=1e-6)  # tiny BERT pools by CLS
+        assert model(**batch).logits.shape == (2, 2)
+
+
+@pytest.mark.parametrize("pool_layers, task, message", [
+    ([0, 3], "text_classification", "model.pool_layers: the model has 3 hidden layers .*found 3"),
+    ([-1, -1], "text_classification", "model.pool_layers: .*expected each layer once, found \\[-1, -1\\]"),
+    ([-1], "masked_lm", "model.pool_layers: an option of the classification head; task 'masked_lm' has none"),
+])
+def test_pool_layers_mistakes_exit_2(tmp_path, spec, pool_layers, task, message):
+    import re
+
+    spec["model"]["pool_layers"] = pool_layers
+    if task != "text_classification":
+        spec.update(task=task, strategy={"name": "full"})
+        spec["data"] = {"train_file": spec["data"]["train_file"], "text_column": "sentence"}
+    result = run_cli("validate", str(write_spec(tmp_path / "bad.yaml", spec)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr
+
+
 def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
     """Options that change the loop's arithmetic or data path still train and evaluate."""
     from tlscale.spec import spec_from_dict

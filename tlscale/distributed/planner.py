@@ -137,6 +137,8 @@ def model_size(spec) -> ModelSize:
     labels = spec.data.labels if spec.data is not None else None  # multi_task: one head stands for its few
     config.num_labels = len(labels or ["a", "b"])
     config.classifier_pooling = "cls"
+    config.classifier_hidden_size = spec.model.classifier_hidden
+    config.classifier_pool_layers = spec.model.pool_layers
     with torch.device("meta"):
         model = PooledSequenceClassifier(config)
     strategy = build_strategy(spec.strategy)

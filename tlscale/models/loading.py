@@ -91,6 +91,12 @@ def check_keep_layers(spec: ModelSpec, config) -> None:
     if spec.keep_layers is not None and depth is not None and max(spec.keep_layers) >= depth:
         raise ConfigError(f"model.keep_layers: '{spec.name_or_path}' has {depth} transformer blocks (0..{depth - 1}); "
                           f"found {max(spec.keep_layers)}")
+    if spec.pool_layers is not None and depth is not None:
+        states = (len(spec.keep_layers) if spec.keep_layers is not None else depth) + 1  # the embeddings + each block
+        wrong = [i for i in spec.pool_layers if not -states <= i < states]
+        if wrong:
+            raise ConfigError(f"model.pool_layers: the model has {states} hidden layers (0: embeddings .. {states - 1}, "
+                              f"or -1 .. -{states} from the top); found {wrong[0]}")
 
 
 def truncate(model, spec: ModelSpec):
@@ -164,6 +170,8 @@ def build_classifier(spec: ModelSpec, label_names: list[str], load_options: dict
         config.classifier_dropout = spec.classifier_dropout
     if spec.classifier_hidden is not None:
         config.classifier_hidden_size = spec.classifier_hidden
+    if spec.pool_layers is not None:
+        config.classifier_pool_layers = list(spec.pool_layers)
     backbone_overrides = dropout_overrides(config, spec.dropout)
     for key, value in backbone_overrides.items():
         setattr(config, key, value)

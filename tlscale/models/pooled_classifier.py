@@ -51,9 +51,11 @@ class PooledSequenceClassifier(PreTrainedModel):
         if dropout is None:
             dropout = getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
+        self.pool_layers = getattr(config, "classifier_pool_layers", None)  # several layers, concatenated
+        features = config.hidden_size * len(self.pool_layers or [-1])
         width = getattr(config, "classifier_hidden_size", None)  # an MLP head: frozen features often need one
-        self.classifier = (nn.Linear(config.hidden_size, config.num_labels) if not width else
-                           nn.Sequential(nn.Linear(config.hidden_size, width), nn.GELU(), nn.Dropout(dropout),
+        self.classifier = (nn.Linear(features, config.num_labels) if not width else
+                           nn.Sequential(nn.Linear(features, width), nn.GELU(), nn.Dropout(dropout),
                                          nn.Linear(width, config.num_labels)))
         self.post_init()
 
@@ -62,8 +64,14 @@ class PooledSequenceClassifier(PreTrainedModel):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**kwargs).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
+        if not self.pool_layers:
+            hidden = self.backbone(**kwargs).last_hidden_state
+            return pool(hidden, attention_mask, self.pooling)
+        # Each layer normalized on its own: deeper layers' states are larger, and a head fed the raw
+        # concatenation mostly hears the loudest layer.
+        states = self.backbone(**kwargs, output_hidden_states=True).hidden_states
+        pooled = [pool(states[i], attention_mask, self.pooling) for i in self.pool_layers]
+        return torch.cat([nn.functional.layer_norm(p, p.shape[-1:]) for p in pooled], dim=-1)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
                 features=None, output_hidden_states=None, **unused) -> SequenceClassifierOutput:
