@@ -1,6 +1,7 @@
 """Shared fixtures: real data from ../shared/data, tiny models, spec writing, CLI running."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,10 +106,50 @@ def small_sst2(tmp_path, sst2_rows) -> tuple[Path, Path]:
     return write("train.tsv", sst2_rows[:160]), write("dev.tsv", sst2_rows[1000:1064])
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The real `tlscale` command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 900, fresh: bool = False) -> subprocess.CompletedProcess:
+    """The real `tlscale` command in a process of its own: forked from this worker's pre-imported zygote
+    (tests/cli_zygote.py: ~8 s of imports saved per command), or with fresh=True (or TLSCALE_TEST_FRESH=1) a new
+    interpreter, for tests of what a first run's console shows."""
+    command = [sys.executable, "-m", "tlscale", *map(str, args)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    zygote = None if fresh or os.environ.get("TLSCALE_TEST_FRESH") == "1" else _zygote()
+    if zygote is None:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return zygote.run(command, cwd, env, timeout)
+
+
+class _Zygote:
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.cli_zygote"], cwd=ROOT, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        ready = self.process.stdout.readline()
+        assert ready.startswith('{"ready"'), f"the CLI zygote did not start: {ready!r}"
+        self.usable = json.loads(ready)["ready"]  # false: an import started threads, so no forking
+
+    def run(self, command, cwd, env, timeout) -> subprocess.CompletedProcess:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            request = {"args": command[3:], "cwd": str(cwd), "env": env, "stdout": out, "stderr": err,
+                       "timeout": timeout}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            reply = json.loads(self.process.stdout.readline())
+            stdout, stderr = (Path(out).read_text(errors="replace"), Path(err).read_text(errors="replace"))
+        if reply.get("timeout"):
+            raise subprocess.TimeoutExpired(command, timeout, stdout, stderr)
+        return subprocess.CompletedProcess(command, reply["returncode"], stdout, stderr)
+
+
+_ZYGOTE: list[_Zygote] = []
+
+
+def _zygote() -> _Zygote | None:
+    if not _ZYGOTE or (_ZYGOTE[0].usable and _ZYGOTE[0].process.poll() is not None):
+        _ZYGOTE[:] = [_Zygote()]
+    return _ZYGOTE[0] if _ZYGOTE[0].usable else None
 
 
 def wait_for(predicate, timeout: float = 180.0) -> bool:

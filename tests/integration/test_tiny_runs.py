@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, tiny_spec, wait_for, write_spec
+from tests.conftest import ROOT, run_cli, tiny_spec, wait_for, write_spec
 
 
 def train(spec_path, *extra):
@@ -286,3 +286,17 @@ def test_report_to_tensorboard_mlflow_and_wandb_offline(tmp_path, spec, monkeypa
     from tlscale.run_folder import is_run_file
 
     assert all(is_run_file(p.name) for p in out.iterdir())  # --overwrite knows every file the trackers wrote
+
+
+def test_a_first_run_in_a_new_process_shows_the_user_only_what_they_can_act_on(tmp_path):
+    """A fresh interpreter (not the tests' pre-imported zygote, which has already printed the imports' notes):
+    no third-party warning (DeepSpeed's accelerator notice, bitsandbytes' missing kernels, deprecations), the
+    distribution mode in words, the evaluations during training, and the final headline once."""
+    result = run_cli("train", ROOT / "configs" / "tiny-smoke.yaml", "--no-progress", f"output_dir={tmp_path / 'run'}",
+                     fresh=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = result.stdout + result.stderr
+    for noise in ("WARNING", "Warning", "Setting accelerator", "gemm_4bit", "kernels", "deprecated", "Traceback"):
+        assert noise not in console, console
+    assert "1 process, no distribution" in console and "step 10: eval accuracy" in console
+    assert sum(line.startswith("eval accuracy") for line in console.splitlines()) == 1, console
