@@ -3,9 +3,9 @@
 A tiny training run takes ~10 s here, of which ~8 s is importing torch, transformers, peft and DeepSpeed and
 0.3 s is training. The suite runs the CLI a few hundred times, so each pytest worker keeps one of these: it
 imports the heavy libraries once, then, for each request, forks a child that sets the request's argv, working
-directory, environment and output files and runs `python -m tlscale` as a fresh process would. The child is a
-real process of its own (its exit code, signals, os._exit and side effects stay its own); only the imports are
-shared. Tests that start the CLI with Popen (to signal it) or check a first run's console use a fresh process.
+directory, environment, thread count and output files and runs `python -m tlscale` as a fresh process would. The
+child is a real process of its own (its exit code, signals, os._exit and side effects stay its own); only the
+imports are shared. Tests that start the CLI with Popen (to signal it) or check a first run's console use a fresh process.
 
 Protocol, one JSON line each way on stdin/stdout: {"args", "cwd", "env", "stdout", "stderr", "timeout"} ->
 {"returncode"} or {"timeout": true}.
@@ -96,6 +96,12 @@ def become(request: dict) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
+    import torch
+
+    # the zygote imported torch with one OpenMP thread (no pool started: safe to fork); the child takes the
+    # thread count a fresh process would have had with the request's environment
+    threads = request["env"].get("OMP_NUM_THREADS")
+    torch.set_num_threads(int(threads) if threads else len(os.sched_getaffinity(0)))
     sys.path[0] = os.getcwd()  # as `python -m` puts it
     sys.argv = ["tlscale", *request["args"]]
     runpy.run_module("tlscale", run_name="__main__", alter_sys=True)

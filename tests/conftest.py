@@ -122,7 +122,8 @@ class _Zygote:
     def __init__(self):
         self.process = subprocess.Popen([sys.executable, "-m", "tests.cli_zygote"], cwd=ROOT, text=True,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                                             "MKL_NUM_THREADS": "1"})  # no OpenMP pool before the forks
         ready = self.process.stdout.readline()
         assert ready.startswith('{"ready"'), f"the CLI zygote did not start: {ready!r}"
         self.usable = json.loads(ready)["ready"]  # false: an import started threads, so no forking
