@@ -182,6 +182,40 @@ def test_feature_extraction_on_several_pooled_layers_trains_the_wider_head_and_r
         assert model(**batch).logits.shape == (2, 2)
 
 
+def test_head_l2_shrinks_the_feature_extraction_head_like_a_probe_penalty(tmp_path, spec):
+    """strategy.head_l2 adds head_l2/2 x ||W||^2 to the loss: the same run with it ends with a head of smaller
+    norm (the biases are not penalized), and the loss logged is the penalized one."""
+    from safetensors.torch import load_file as load
+
+    from tlscale import train as run_training
+    from tlscale.spec import spec_from_dict
+
+    norms = {}
+    for l2 in (None, 1.0):
+        raw = {**spec, "output_dir": str(tmp_path / f"l2-{l2}"), "strategy": {"name": "feature_extraction"}}
+        raw["training"] = {**spec["training"], "epochs": 3, "eval_every_steps": None, "save_every_steps": None,
+                           "weight_decay": 0.0, "lr": 3e-2}
+        if l2:
+            raw["strategy"]["head_l2"] = l2
+        result = run_training(spec_from_dict(raw), show_progress=False)
+        weights = load(result.output_dir / "model" / "model.safetensors")
+        norms[l2] = float(weights["classifier.weight"].norm())
+    assert norms[1.0] < 0.5 * norms[None], norms
+
+
+def test_head_l2_is_refused_under_zero3_and_for_other_strategies(tmp_path, spec):
+    spec["strategy"] = {"name": "feature_extraction", "head_l2": 0.01}
+    spec["distributed"] = {"backend": "deepspeed", "zero_stage": 3}
+    spec["training"]["keep_best"] = False
+    result = run_cli("validate", str(write_spec(tmp_path / "zero3.yaml", spec)))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert "strategy.head_l2: ZeRO-3 partitions the head's weights" in result.stdout + result.stderr
+    spec["strategy"] = {"name": "full", "head_l2": 0.01}
+    spec.pop("distributed")
+    result = run_cli("validate", str(write_spec(tmp_path / "full.yaml", spec)))
+    assert result.returncode == 2 and "head_l2" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("pool_layers, task, message", [
     ([0, 3], "text_classification", "model.pool_layers: the model has 3 hidden layers .*found 3"),
     ([-1, -1], "text_classification", "model.pool_layers: .*expected each layer once, found \\[-1, -1\\]"),

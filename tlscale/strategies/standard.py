@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field, PositiveInt, model_validator
 
+from tlscale.errors import ConfigError
 from tlscale.spec.schema import StrategySpec
 from tlscale.strategies.base import STRATEGIES, Strategy, groups_of, set_trainable
 
@@ -14,6 +15,10 @@ if TYPE_CHECKING:  # torch loads when a strategy runs, not when a spec is checke
 
 class FeatureExtractionOptions(StrategySpec):
     cache_features: bool = Field(True, description="feature_extraction: run the frozen backbone once per example.")
+    head_l2: float | None = Field(
+        None, gt=0.0, le=10.0, description="feature_extraction: add head_l2/2 x the squared norm of the head's "
+        "weight matrices to the mean training loss, the penalty of a logistic-regression probe (head_l2 = 1 / (C x "
+        "rows)). Wide features (several pool_layers) need more than AdamW's weight decay can give; e.g. 0.01.")
 
     @model_validator(mode="after")
     def _no_layer_decay(self) -> FeatureExtractionOptions:
@@ -47,6 +52,20 @@ class FeatureExtraction(Strategy):
     def apply(self, model: nn.Module) -> nn.Module:
         set_trainable(model, set(groups_of(model).head) - backbone_names(model))
         return model
+
+    def check(self, spec) -> None:
+        super().check(spec)
+        dist = spec.distributed
+        if self.spec.head_l2 and dist.backend == "deepspeed" and dist.zero_stage == 3:
+            raise ConfigError("strategy.head_l2: ZeRO-3 partitions the head's weights, so their norm is not on "
+                              "any one rank; use zero_stage 1 or 2 (the head is small) or leave head_l2 out")
+
+    def loss(self, model: nn.Module, batch: dict, task_loss):
+        loss = task_loss(model, batch)
+        if self.spec.head_l2:
+            weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]  # not the biases
+            loss = loss + self.spec.head_l2 / 2 * sum(w.pow(2).sum() for w in weights)
+        return loss
 
 
 @STRATEGIES.register("partial")
