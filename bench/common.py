@@ -128,3 +128,17 @@ def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, 
                 data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy,
                 callbacks=[Clock()]).train()
     return evaluations
+
+
+def train_config(config: Path, *overrides: str) -> dict:
+    """`tlscale train CONFIG OVERRIDES` in a fresh process (one output_dir=... among the overrides); its
+    metrics.json, or exit with the command's last output."""
+    import json
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "tlscale", "train", str(config), *overrides, "--no-progress",
+                             "--overwrite"], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+    out = next(a.split("=", 1)[1] for a in overrides if a.startswith("output_dir="))
+    return json.loads((Path(out) / "metrics.json").read_text())

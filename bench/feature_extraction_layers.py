@@ -17,11 +17,9 @@ import argparse
 import itertools
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
-from common import DATA, ROOT
+from common import DATA, ROOT, train_config
 
 CONFIG = ROOT / "configs" / "sst2-minilm-feature-extraction.yaml"
 RESULTS = ROOT / "bench" / "results-feature-extraction-layers.json"
@@ -51,13 +49,7 @@ def sentence_split(folder: Path, rows: int = 8000, held_out: int = 800) -> tuple
 
 
 def train(*args: str) -> dict:
-    result = subprocess.run([sys.executable, "-m", "tlscale", "train", str(CONFIG), *args, "--no-progress",
-                             "--overwrite", "training.eval_every_steps=null"], cwd=ROOT, capture_output=True,
-                            text=True)
-    if result.returncode != 0:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
-    out = next(a.split("=", 1)[1] for a in args if a.startswith("output_dir="))
-    return json.loads((Path(out) / "metrics.json").read_text())
+    return train_config(CONFIG, *args, "training.eval_every_steps=null")
 
 
 def main() -> None:
