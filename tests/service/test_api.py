@@ -212,6 +212,8 @@ MALFORMED = [
      "Content-Type: application/json"),
     ("POST", "/v1/fine_tuning/jobs", {"json": {}}, 422, "spec is required"),
     ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": {}, "colour": "red"}}, 422, "unknown field(s) ['colour']"),
+    ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": {}, "command": "predict"}}, 422,
+     "command: expected one of train, fewshot, found 'predict'"),
     ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": "a: [unclosed"}}, 422, "not valid YAML"),
     ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": [1]}}, 422, "spec: expected a mapping"),
     ("POST", "/v1/fine_tuning/jobs", {"json": {"spec": {"task": "text_classificaton"}}}, 422,

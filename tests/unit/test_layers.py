@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tlscale"
 
 # Bottom to top. A package may import from those before it, never after.
 ORDER = ["errors", "registry", "files", "logs", "run_folder", "spec", "data", "models", "eval", "strategies",
-         "tasks", "distributed", "training", "inference", "fewshot", "runners", "ladder", "service", "cli"]
+         "tasks", "distributed", "training", "inference", "fewshot", "runners", "service", "ladder", "cli"]
 TOP = {"__init__", "__main__"}  # the public API facade and `python -m tlscale`: above everything
 
 

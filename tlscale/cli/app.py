@@ -356,13 +356,19 @@ def submit(spec: SpecArg, overrides: Overrides = None, address: AddressOption = 
            working_dir: Annotated[Optional[Path], typer.Option(help="Upload this folder as the job's working "
                                                                     "directory.")] = None,
            wait: Annotated[bool, typer.Option(help="Wait for the job to end; exit 1 if it failed.")] = False,
-           server: ServerOption = None):
+           server: ServerOption = None,
+           fewshot: Annotated[bool, typer.Option("--fewshot", help="With --server: the job runs `tlscale fewshot` "
+                                                 "on the spec instead of `tlscale train`.")] = False):
     """Submit SPEC as a Ray job (runner: ray) to a cluster's job server, or with --server to a tlscale job API
     (the data files the spec names are uploaded once, by content hash)."""
     if server:
         from tlscale.cli import remote
 
-        return remote.submit(spec, overrides, server, wait)
+        return remote.submit(spec, overrides, server, wait, "fewshot" if fewshot else "train")
+    if fewshot:
+        from tlscale.errors import ConfigError
+
+        raise ConfigError("--fewshot: only with --server (a tlscale job API); a Ray job runs `tlscale train`")
     from tlscale.runners import ray_jobs
 
     job = _load(spec, overrides)

@@ -32,9 +32,9 @@ def _end(job: dict) -> None:
         raise typer.Exit(1)
 
 
-def submit(spec: Path, overrides: list[str] | None, server: str | None, wait: bool) -> None:
+def submit(spec: Path, overrides: list[str] | None, server: str | None, wait: bool, command: str = "train") -> None:
     client = _client(server)
-    job = client.submit(spec, overrides)
+    job = client.submit(spec, overrides, command=command)
     out.print(f"submitted {job['id']} ({job['status']})\n  tlscale jobs status {job['id']} --server ...\n"
               f"  tlscale jobs logs {job['id']} --follow --server ...")
     if wait:

@@ -65,8 +65,8 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
 
     ladder = spec.ladder
     pending = [c for c in cells if not c.done()]
-    log(f"{len(cells)} cells: {len(cells) - len(pending)} finished earlier, {len(pending)} to run "
-        f"({'one after another' if ladder.runner == 'local' else 'as Ray tasks'})")
+    how = {"local": "one after another", "ray": "as Ray tasks", "service": "as jobs of the service"}[ladder.runner]
+    log(f"{len(cells)} cells: {len(cells) - len(pending)} finished earlier, {len(pending)} to run ({how})")
     counter = {"n": 0}
 
     store = folder / "outcomes.json"
@@ -88,6 +88,15 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
 
     if ladder.runner == "ray":
         run_on_ray(pending, ladder.retries, report, ladder.address, ladder.cpus_per_cell)
+    elif ladder.runner == "service":
+        from tlscale.ladder.service import run_on_service
+
+        try:
+            run_on_service(pending, ladder.retries, report, ladder.server, folder)
+        except KeyboardInterrupt:
+            log("interrupted: the cells' jobs go on on the server; run the ladder again to follow them "
+                "(`tlscale jobs cancel JOB --server ...` stops one; each cell's job.json names its jobs)")
+            raise
     else:
         run_local(pending, ladder.retries, report)
     return outcomes

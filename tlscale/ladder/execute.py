@@ -20,9 +20,10 @@ USER_ERROR = 2
 class Outcome:
     returncode: int
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mb: float | None  # None: not known (a service's few-shot job)
     attempts: int = 1
     node: str | None = None  # the Ray node that ran it
+    job: str | None = None  # the service's job id
 
 
 def cell_command(cell: Cell, changed: bool) -> list[str]:

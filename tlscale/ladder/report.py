@@ -66,7 +66,8 @@ def summarize(cells: list[Cell], outcomes: dict[str, Outcome], metric: str, late
         figures = [(c, cell_figures(c, metric)) for c in members]
         done = [f for _, f in figures if f is not None and f["value"] is not None]
         mean, std = _mean_std([f["value"] for f in done])
-        peaks = [outcomes[c.key].peak_rss_mb for c, f in figures if f is not None and c.key in outcomes]
+        peaks = [outcomes[c.key].peak_rss_mb for c, f in figures if f is not None and c.key in outcomes
+                 and outcomes[c.key].peak_rss_mb is not None]
 
         def average(key):
             values = [f[key] for f in done if f.get(key) is not None]

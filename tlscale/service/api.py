@@ -25,7 +25,7 @@ from tlscale.errors import TlscaleError
 from tlscale.logs import log
 from tlscale.service import files as uploads
 from tlscale.service import jobs as job_ops
-from tlscale.service.store import Job, JobEvent, StoredFile, Store, Team
+from tlscale.service.store import COMMANDS, Job, JobEvent, StoredFile, Store, Team
 from tlscale.service.teams import team_of_token
 
 PAGE = Path(__file__).with_name("page.html")
@@ -54,7 +54,8 @@ def file_object(stored: StoredFile) -> dict:
 def job_object(store: Store, job: Job) -> dict:
     position, depth = job_ops.queue_position(store, job)
     spec = job.spec
-    return {"id": job.id, "object": "fine_tuning.job", "status": job.state, "created_at": job.created_at,
+    return {"id": job.id, "object": "fine_tuning.job", "command": job.command, "status": job.state,
+            "created_at": job.created_at,
             "started_at": job.started_at, "finished_at": job.finished_at, "attempt": job.attempt,
             "queue_position": position, "queue_depth": depth, "priority": job.priority, "metadata": job.job_metadata,
             "training_files": job.files, "task": spec.get("task"), "model": spec.get("model", {}).get("name_or_path"),
@@ -180,8 +181,9 @@ def get_file(file_id: str, caller: Caller, store: StoreDep) -> dict:
 @router.post("/v1/fine_tuning/jobs", status_code=201)
 async def create_job(request: Request, caller: Caller, store: StoreDep, settings: SettingsDep,
                      idempotency_key: str | None = Header(None, max_length=255)) -> JSONResponse:
-    """Body: {"spec": a tlscale job spec (an object, or YAML text), "metadata": {str: str}, "priority": int}.
-    data.train_file / eval_file name uploaded files by id. output_dir is the server's."""
+    """Body: {"spec": a tlscale job spec (an object, or YAML text), "metadata": {str: str}, "priority": int,
+    "command": "train" (default) or "fewshot"}. data.train_file / eval_file name uploaded files by id.
+    output_dir is the server's."""
     body = await _json_body(request)
     raw = body.get("spec")
     if isinstance(raw, str):
@@ -195,9 +197,12 @@ async def create_job(request: Request, caller: Caller, store: StoreDep, settings
         raise ApiError(422, "metadata: expected an object of strings (keys up to 64, values up to 512 chars)")
     if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
         raise ApiError(422, f"priority: expected an integer from -100 to 100, found {priority!r}")
+    command = body.get("command", "train")
+    if command not in COMMANDS:
+        raise ApiError(422, f"command: expected one of {', '.join(COMMANDS)}, found {command!r}")
     try:
         job, created = job_ops.create_job(store, settings, caller, raw, metadata=metadata, priority=priority,
-                                          idempotency_key=idempotency_key)
+                                          idempotency_key=idempotency_key, command=command)
     except TlscaleError as exc:
         raise ApiError(422, exc.messages[0], details=exc.messages) from None
     except job_ops.QuotaExceeded as exc:
@@ -313,9 +318,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
     if not isinstance(parsed, dict):
         raise ApiError(422, f"body: expected a JSON object, found {type(parsed).__name__}")
-    unknown = sorted(set(parsed) - {"spec", "metadata", "priority"})
+    unknown = sorted(set(parsed) - {"spec", "metadata", "priority", "command"})
     if unknown:
-        raise ApiError(422, f"body: unknown field(s) {unknown}; expected spec, metadata, priority")
+        raise ApiError(422, f"body: unknown field(s) {unknown}; expected spec, metadata, priority, command")
     if "spec" not in parsed:
         raise ApiError(422, "body: spec is required (a tlscale job spec, as an object or YAML text)")
     return parsed

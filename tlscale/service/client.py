@@ -22,7 +22,11 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 
 class ServiceError(ConfigError):
-    """The server refused a request: its message, with the HTTP status."""
+    """The server refused a request: its message, with the HTTP status (None: it could not be reached)."""
+
+    def __init__(self, messages, status: int | None = None, kind: str | None = None):
+        super().__init__(messages)
+        self.status, self.kind = status, kind
 
 
 def _token(token: str | None) -> str:
@@ -60,12 +64,13 @@ class Client:
         except httpx.HTTPError as exc:
             raise ServiceError(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.status_code >= 400:
+            kind = None
             try:
                 error = response.json()["error"]
-                messages = error.get("details") or [error["message"]]
+                messages, kind = error.get("details") or [error["message"]], error.get("type")
             except (ValueError, KeyError, TypeError):
                 messages = [response.text[:500]]
-            raise ServiceError([f"server ({response.status_code}): {m}" for m in messages])
+            raise ServiceError([f"server ({response.status_code}): {m}" for m in messages], response.status_code, kind)
         return response.json() if response.headers.get("content-type", "").startswith("application/json") \
             else response
 
@@ -82,24 +87,32 @@ class Client:
             return self._call("POST", "/v1/files", files={"file": (path.name, handle)})
 
     def create_job(self, spec: dict, metadata: dict | None = None, priority: int = 0,
-                   idempotency_key: str | None = None) -> dict:
+                   idempotency_key: str | None = None, command: str = "train") -> dict:
+        """command: what the job runs on the spec, `tlscale train` or `tlscale fewshot`."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/fine_tuning/jobs", headers=headers,
-                          json={"spec": spec, "metadata": metadata or {}, "priority": priority})
+                          json={"spec": spec, "metadata": metadata or {}, "priority": priority, "command": command})
+
+    def with_uploads(self, raw: dict) -> dict:
+        """raw (a spec as a dict) with each data file it names uploaded and replaced by its file id."""
+        import copy
+
+        from tlscale.tasks.base import data_sections
+
+        raw = copy.deepcopy(raw)
+        raw.pop("output_dir", None)  # the server's
+        for _, data in data_sections(raw):
+            for key in ("train_file", "eval_file"):
+                if data.get(key) is not None:
+                    data[key] = self.upload(data[key])["id"]
+        return raw
 
     def submit(self, spec_path: str | Path, overrides: list[str] | None = None, **options) -> dict:
         """Validate a local spec, upload the data files it names, create the job."""
         from tlscale.spec import load_spec
 
-        from tlscale.tasks.base import data_sections
-
         spec = load_spec(spec_path, overrides)
-        raw = spec.model_dump(mode="json", exclude={"output_dir"})
-        for _, data in data_sections(raw):
-            for key in ("train_file", "eval_file"):
-                if data.get(key) is not None:
-                    data[key] = self.upload(data[key])["id"]
-        return self.create_job(raw, **options)
+        return self.create_job(self.with_uploads(spec.model_dump(mode="json")), **options)
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}")
@@ -113,6 +126,10 @@ class Client:
     def events(self, job_id: str, after: int | None = None, limit: int = 1000) -> dict:
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/events",
                           params={"limit": limit, **({"after": after} if after is not None else {})})
+
+    def metrics(self, job_id: str) -> dict:
+        """The run's logged rows and, once it succeeded, its metrics.json ("final")."""
+        return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics")
 
     def download_model(self, job_id: str, target: str | Path) -> Path:
         response = self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/artifacts/model.tar.gz")

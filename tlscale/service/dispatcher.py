@@ -93,6 +93,7 @@ class Dispatcher:
             folder = job_dir(self.settings, job.id)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "spec.yaml").write_text(yaml.safe_dump(job.spec, sort_keys=False))
+            (folder / "command").write_text(job.command)  # read by the attempt wrapper (on any node)
             checked = self._check(job, folder)
             if checked.returncode == 0:
                 self._transition(job.id, "validating_files", "queued", "queued: the data checks passed")

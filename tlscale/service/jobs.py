@@ -157,7 +157,7 @@ def admit(session, team: Team) -> None:
 
 
 def create_job(store: Store, settings: Settings, team: Team, raw_spec: Any, *, metadata: dict | None = None,
-               priority: int = 0, idempotency_key: str | None = None) -> tuple[Job, bool]:
+               priority: int = 0, idempotency_key: str | None = None, command: str = "train") -> tuple[Job, bool]:
     """(job, created): an Idempotency-Key already used by the team returns its job, created False."""
     if idempotency_key is not None:
         existing = _by_key(store, team, idempotency_key)
@@ -167,7 +167,8 @@ def create_job(store: Store, settings: Settings, team: Team, raw_spec: Any, *, m
     spec, files = resolve_spec(raw_spec, team, store, settings, job_id)
     with store.session() as session:
         admit(session, team)
-        job = Job(id=job_id, created_seq=time.time_ns(), team_id=team.id, state="validating_files", spec=spec,
+        job = Job(id=job_id, created_seq=time.time_ns(), team_id=team.id, state="validating_files", command=command,
+                  spec=spec,
                   files=files, job_metadata=metadata or {}, priority=priority, idempotency_key=idempotency_key,
                   created_at=now(), attempt=0, cancel_requested=False)
         session.add(job)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 STATES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+COMMANDS = ("train", "fewshot")  # what a job runs: `tlscale train` or `tlscale fewshot` on its spec
 ENDED = ("succeeded", "failed", "cancelled")
 
 
@@ -70,6 +71,7 @@ class Job(Base):
     created_seq: Mapped[int] = mapped_column(BigInteger, index=True)  # creation order, for lists and the queue
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"), index=True)
     state: Mapped[str] = mapped_column(String(20))
+    command: Mapped[str] = mapped_column(String(16), default="train", server_default="train")
     spec: Mapped[dict] = mapped_column(JSON)
     files: Mapped[list] = mapped_column(JSON, default=list)
     job_metadata: Mapped[dict] = mapped_column(JSON, default=dict)

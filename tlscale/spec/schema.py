@@ -568,8 +568,11 @@ class LadderSpec(Section):
                                      "without one: label descriptions with the encoder, fewshot.verbalizer).")
     prompt_k: PositiveInt = Field(4, description="prompt cells: demonstrations per class in each prompt (at most "
                                   "the budget), nearest neighbours from the cell's labelled examples.")
-    runner: Literal["local", "ray"] = Field("local", description="local: cells one after another in "
-                                            "subprocesses. ray: cells as Ray tasks spread over a cluster's nodes.")
+    runner: Literal["local", "ray", "service"] = Field(
+        "local", description="local: cells one after another in subprocesses. ray: cells as Ray tasks spread over "
+        "a cluster's nodes. service: cells as jobs of a tlscale job API (server; token from TLSCALE_TOKEN).")
+    server: str | None = Field(None, description="runner service: the job API's address (default: TLSCALE_SERVER). "
+                               "The token is never in a spec: TLSCALE_TOKEN or ~/.config/tlscale/token.")
     address: str | None = Field(None, description="runner ray: the cluster (ray://HOST:10001 or auto; default: "
                                 "RAY_ADDRESS, else a local Ray). The ladder folder and data must be at the same "
                                 "path on every node.")

@@ -439,10 +439,14 @@ def final_metrics(s: Session, final_eval: dict, probe_loss: float, verified: boo
 
 
 def peak_memory() -> dict:
-    """This process's peak on its GPU over the run (weights, optimizer state, activations, all of it)."""
-    if not torch.cuda.is_available():
-        return {}
-    return {"peak_device_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    """This process's peaks over the run: resident memory (what a ladder run by a service reports) and, on a
+    GPU, device memory (weights, optimizer state, activations, all of it)."""
+    import resource
+
+    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if torch.cuda.is_available():
+        peaks["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return peaks
 
 
 def memory_report(model) -> dict:
