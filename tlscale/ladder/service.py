@@ -8,7 +8,6 @@ spec (job.json): an interrupted ladder, run again, follows the jobs it started i
 (and an idempotency key covers a submission whose answer was lost)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -44,7 +43,6 @@ def run_on_service(cells: list[Cell], retries: int, report, server: str | None, 
     from tlscale.service.client import ENDED, Client, ServiceError
 
     client = Client(server)
-    uploads: dict[str, str] = {}  # local path -> the server's file id
     waiting, following, attempts, outcomes = list(cells), {}, {}, {}
     for cell in cells:  # a ladder interrupted earlier: its jobs may still be queued, running or finished
         started = _jobs_of(cell)
@@ -63,7 +61,7 @@ def run_on_service(cells: list[Cell], retries: int, report, server: str | None, 
         while waiting:
             cell = waiting[0]
             try:
-                job = _submit(client, cell, uploads, ladder_dir)
+                job = _submit(client, cell, ladder_dir)
             except ServiceError as exc:
                 if exc.status == QUEUE_FULL and following:
                     break
@@ -87,19 +85,9 @@ def run_on_service(cells: list[Cell], retries: int, report, server: str | None, 
     return outcomes
 
 
-def _submit(client, cell: Cell, uploads: dict[str, str], ladder_dir: Path) -> dict:
-    from tlscale.tasks.base import data_sections
-
+def _submit(client, cell: Cell, ladder_dir: Path) -> dict:
     prepare(cell)  # the cell's spec.yaml, as a local cell has it
-    raw = copy.deepcopy(cell.spec)
-    raw.pop("output_dir", None)  # the server's
-    for _, data in data_sections(raw):
-        for key in ("train_file", "eval_file"):
-            path = data.get(key)
-            if path is not None:
-                if path not in uploads:
-                    uploads[path] = client.upload(path)["id"]
-                data[key] = uploads[path]
+    raw = client.with_uploads(cell.spec)  # (each file hashed and uploaded once per ladder)
     digest, started = recipe_digest(cell), _jobs_of(cell)
     key = hashlib.sha256(f"{ladder_dir.resolve()}|{cell.key}|{digest}|{len(started)}".encode()).hexdigest()
     job = client.create_job(raw, metadata={"ladder": ladder_dir.name, "cell": cell.key}, command=cell.command,

@@ -53,6 +53,7 @@ class Client:
         server = server or os.environ.get("TLSCALE_SERVER")
         if not server:
             raise ConfigError("--server: the job API's address, e.g. http://127.0.0.1:8000 (or set TLSCALE_SERVER)")
+        self._uploaded: dict[tuple, dict] = {}  # (path, size, mtime) -> the server's file: hashed once
         self.http = httpx.Client(base_url=server.rstrip("/"), timeout=timeout,
                                  headers={"Authorization": f"Bearer {_token(token)}"})
 
@@ -79,6 +80,13 @@ class Client:
     def upload(self, path: str | Path) -> dict:
         """The server's file for these bytes: uploaded once, found by content hash afterwards."""
         path = Path(path)
+        info = path.stat()
+        stamp = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+        if stamp not in self._uploaded:
+            self._uploaded[stamp] = self._upload(path)
+        return self._uploaded[stamp]
+
+    def _upload(self, path: Path) -> dict:
         known = self._call("GET", "/v1/files", params={"sha256": sha256_of(path)})["data"]
         same_name = [f for f in known if f["filename"] == path.name]
         if same_name or known:
