@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -142,3 +143,41 @@ def train_config(config: Path, *overrides: str) -> dict:
         raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
     out = next(a.split("=", 1)[1] for a in overrides if a.startswith("output_dir="))
     return json.loads((Path(out) / "metrics.json").read_text())
+
+
+def sst2_sentence_split(folder: Path, rows: int | None = 8000, held_out: int = 800, min_words: int = 10,
+                        drop: str = "3-gram") -> tuple[Path, Path]:
+    """A validation split of SST-2's training file that shares no phrase with what is left to fit.
+
+    SST-2's training rows are phrases of the same sentences, so a random row split puts phrases of a
+    validation sentence in training and rewards memorizing. `held_out` rows of `min_words`+ words (whole
+    sentences, like 90% of the dev set's) validate, and the rows left to fit drop, with drop="3-gram", every
+    row sharing a word 3-gram with one of them (strict: on all 67,349 rows it drops 28%, phrases of other
+    sentences too) or, with drop="phrase", every row that is a phrase of one of them or contains one (SST-2's
+    phrases are word sequences cut from its sentences). rows: data.limit's seeded sample of the file (None: every
+    row). -> (fit.tsv, val.tsv)."""
+    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    if rows is not None:
+        body = [body[i] for i in sorted(random.Random(42).sample(range(len(body)), rows))]
+
+    def grams(row: str) -> set[tuple[str, ...]]:
+        words = row.rsplit("\t", 1)[0].lower().split()
+        return {tuple(words[i:i + 3]) for i in range(len(words) - 2)} or {tuple(words)}
+
+    long_rows = [i for i, row in enumerate(body) if len(row.rsplit("\t", 1)[0].split()) >= min_words]
+    val = set(random.Random(0).sample(long_rows, held_out))
+    if drop == "3-gram":
+        seen = set().union(*(grams(body[i]) for i in val))
+        fit = [row for i, row in enumerate(body) if i not in val and not grams(row) & seen]
+    else:
+        def words(row: str) -> str:
+            return " " + row.rsplit("\t", 1)[0].lower() + " "
+        sentences = [words(body[i]) for i in val]
+        joined = "\n".join(sentences)
+        fit = [row for i, row in enumerate(body) if i not in val and words(row) not in joined
+               and not any(sentence in words(row) for sentence in sentences)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fit.tsv").write_text("\n".join([header, *fit]) + "\n")
+    (folder / "val.tsv").write_text("\n".join([header, *(body[i] for i in sorted(val))]) + "\n")
+    return folder / "fit.tsv", folder / "val.tsv"

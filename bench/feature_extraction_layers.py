@@ -16,36 +16,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import random
 from pathlib import Path
 
-from common import DATA, ROOT, train_config
+from common import ROOT, sst2_sentence_split, train_config
 
 CONFIG = ROOT / "configs" / "sst2-minilm-feature-extraction.yaml"
 RESULTS = ROOT / "bench" / "results-feature-extraction-layers.json"
 LAYERS = {"last": "null", "blocks 1-6": "[1,2,3,4,5,6]", "all 7": "[0,1,2,3,4,5,6]"}
 HEAD_L2 = ["null", "0.003", "0.01", "0.03"]  # strategy.head_l2; lr 1e-2 and weight decay 0.01 throughout
 RECIPE = ["training.lr=1.0e-2", "training.weight_decay=0.01"]
-MIN_WORDS = 10  # validation rows are whole sentences like the dev set's (90% of dev has 10+ words)
-
-
-def sentence_split(folder: Path, rows: int = 8000, held_out: int = 800) -> tuple[Path, Path]:
-    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()
-    header, body = lines[0], lines[1:]
-    body = [body[i] for i in sorted(random.Random(42).sample(range(len(body)), rows))]  # data.limit's sample
-
-    def grams(row: str) -> set[tuple[str, ...]]:
-        words = row.rsplit("\t", 1)[0].lower().split()
-        return {tuple(words[i:i + 3]) for i in range(len(words) - 2)} or {tuple(words)}
-
-    long_rows = [i for i, row in enumerate(body) if len(row.rsplit("\t", 1)[0].split()) >= MIN_WORDS]
-    val = set(random.Random(0).sample(long_rows, held_out))
-    seen = set().union(*(grams(body[i]) for i in val))
-    fit = [row for i, row in enumerate(body) if i not in val and not grams(row) & seen]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fit.tsv").write_text("\n".join([header, *fit]) + "\n")
-    (folder / "val.tsv").write_text("\n".join([header, *(body[i] for i in sorted(val))]) + "\n")
-    return folder / "fit.tsv", folder / "val.tsv"
 
 
 def train(*args: str) -> dict:
@@ -56,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "fe-layers")
     args = parser.parse_args()
-    fit, val = sentence_split(args.runs / "split")
+    fit, val = sst2_sentence_split(args.runs / "split")
     search = []
     for (name, layers), l2 in itertools.product(LAYERS.items(), HEAD_L2):
         metrics = train(f"output_dir={args.runs / f'search-{len(search)}'}", f"data.train_file={fit}",
@@ -69,7 +48,7 @@ def main() -> None:
     baseline = train(f"output_dir={args.runs / 'dev-last-layer'}")
     chosen = train(f"output_dir={args.runs / 'dev-chosen'}", f"model.pool_layers={LAYERS[best['layers']]}",
                    f"strategy.head_l2={best['head_l2'] or 'null'}", *RECIPE)
-    results = {"split": {"fit": search[0]["train_examples"], "validation": 800, "validation_min_words": MIN_WORDS},
+    results = {"split": {"fit": search[0]["train_examples"], "validation": 800, "validation_min_words": 10},
                "recipe": RECIPE, "search": search, "chosen": best,
                "dev": {"shipped config, last layer": baseline["eval"]["accuracy"],
                        "chosen recipe": chosen["eval"]["accuracy"]},

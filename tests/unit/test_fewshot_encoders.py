@@ -49,6 +49,18 @@ def test_encoder_baselines_train_on_k_per_class_from_the_training_file(tmp_path,
         assert result.metrics["pair_steps"] == 3  # 6 examples x 4 pairs / batch 8
 
 
+@pytest.mark.parametrize("method", ["linear_probe", "setfit", "zero_shot"])
+def test_labelling_a_file_gives_what_the_method_scores_on_the_evaluation_set(tmp_path, method):
+    """`tlscale fewshot --label` (a self-training teacher) fits the seed's examples as run() does."""
+    m = encoder_method(tmp_path, method, setfit={"pairs_per_example": 4, "batch_size": 8})
+    scored = np.array([[row["probabilities"][name] for name in m.label_names] for row in m.run(0).predictions])
+    labelled = m.label_probabilities(m.data.eval, 0).numpy()
+    assert labelled.shape == (12, 2) and np.allclose(labelled.sum(1), 1, atol=1e-5)
+    assert np.allclose(labelled, scored, atol=1e-4)
+    if method != "zero_shot":
+        assert not np.allclose(m.label_probabilities(m.data.eval, 1).numpy(), labelled, atol=1e-4)  # seed's examples
+
+
 def test_label_descriptions_add_one_contrast_per_label_but_the_first(tmp_path):
     m = encoder_method(tmp_path, "linear_probe")
     described = m.label_descriptions(m.encoder)

@@ -162,7 +162,8 @@ def train(spec: SpecArg, overrides: Overrides = None,
 def fewshot(spec: SpecArg, overrides: Overrides = None,
             overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier fewshot run.")] = False,
             label: Annotated[Optional[Path], typer.Option(
-                help="Instead of evaluating: label this file's texts by prompting (a distillation teacher).")] = None,
+                help="Instead of evaluating: label this file's texts with the method fitted on the first seed's "
+                     "examples (a distillation teacher).")] = None,
             output: Annotated[Optional[Path], typer.Option(
                 help="With --label: the soft labels, one JSON object per line (distill.teacher reads it).")] = None):
     """Few-shot and zero-shot baselines (no training): prompting or encoder probes over several seeds."""

@@ -100,6 +100,18 @@ class EncoderBaseline(ClassificationMethod):
         probs[:, head.classes_] = head.predict_proba(eval_vectors)
         return torch.tensor(probs, dtype=torch.float), c
 
+    def adapted_encoder(self, texts: list[str], labels: list[int], seed: int):
+        """The encoder the head is fitted on: the pretrained one, shared (SetFit: a fine-tuned copy)."""
+        return self.encoder
+
+    def label_probabilities(self, examples, seed: int) -> torch.Tensor:
+        """Label probabilities of any examples (`tlscale fewshot --label`): the method fitted on the seed's k
+        per class, as for the evaluation set."""
+        texts, labels, origins, _ = self.training_examples(seed)
+        model = self.adapted_encoder(texts, labels, seed)
+        vectors = self.embed(model, self._texts(examples, self.separator))
+        return self.predict(model, self.embed(model, texts), labels, vectors, seed, origins)[0]
+
 
 @METHODS.register("linear_probe")
 class LinearProbe(EncoderBaseline):
@@ -129,13 +141,16 @@ class ZeroShot(EncoderBaseline):
 
     def run(self, seed: int) -> SeedResult:
         started = time.perf_counter()
-        described = self.label_descriptions(self.encoder)
-        described = described / np.linalg.norm(described, axis=1, keepdims=True)
-        vectors = self.embed(self.encoder, self.eval_texts)
-        probs = torch.softmax(torch.tensor(vectors @ described.T, dtype=torch.float) / ZERO_SHOT_TEMPERATURE, dim=1)
+        probs = self.label_probabilities(self.data.eval, seed)
         metrics, rows = self.score(probs, {"train_examples": 0, "trainable_params": 0, "train_seconds": 0.0,
                                            "predict_seconds": round(time.perf_counter() - started, 3)})
         return SeedResult(metrics, rows)
+
+    def label_probabilities(self, examples, seed: int) -> torch.Tensor:
+        described = self.label_descriptions(self.encoder)
+        described = described / np.linalg.norm(described, axis=1, keepdims=True)
+        vectors = self.embed(self.encoder, self._texts(examples, self.separator))
+        return torch.softmax(torch.tensor(vectors @ described.T, dtype=torch.float) / ZERO_SHOT_TEMPERATURE, dim=1)
 
 
 @METHODS.register("setfit")
@@ -146,8 +161,8 @@ class SetFit(EncoderBaseline):
     def run(self, seed: int) -> SeedResult:
         started = time.perf_counter()
         texts, labels, origins, counts = self.training_examples(seed)
-        model = copy.deepcopy(self.encoder)
-        steps, first_loss, final_loss = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
+        model = self.adapted_encoder(texts, labels, seed)
+        steps, first_loss, final_loss = self.pair_facts
         train_vectors = self.embed(model, texts)
         train_s = time.perf_counter() - started
         eval_vectors, predict_s = self.timed_embed(model, self.eval_texts)
@@ -158,6 +173,11 @@ class SetFit(EncoderBaseline):
                                                p.numel() for p in model.parameters() if p.requires_grad),
                                            "train_seconds": round(train_s, 3), "predict_seconds": round(predict_s, 3)})
         return SeedResult(metrics, rows)
+
+    def adapted_encoder(self, texts: list[str], labels: list[int], seed: int):
+        model = copy.deepcopy(self.encoder)
+        self.pair_facts = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
+        return model
 
 
 def fit_head(vectors: np.ndarray, labels: list[int], seed: int, groups: list[int] | None = None):

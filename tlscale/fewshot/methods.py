@@ -60,6 +60,11 @@ class ClassificationMethod:
         self.data_notes = {"train_examples": len(self.data.train), "eval_examples": len(self.data.eval),
                            "labels": self.label_names, "eval_sha256": fingerprint(self.data.eval, self.label_names)}
 
+    def label_probabilities(self, examples, seed: int) -> torch.Tensor:
+        """(examples, labels) probabilities of any examples with the seed's labelled data, for `tlscale fewshot
+        --label` (a distillation teacher's soft labels)."""
+        raise NotImplementedError
+
     def score(self, probs: torch.Tensor, extra: dict | None = None) -> tuple[dict, list[dict]]:
         from tlscale.eval import classification_metrics
 
@@ -142,6 +147,9 @@ class PromptClassification(ClassificationMethod, Prompting):
             extra["uncalibrated_accuracy"] = (log_scores.argmax(1) == self.gold).float().mean().item()
         metrics, rows = self.score(probs, extra)
         return SeedResult(metrics, rows, prompts)
+
+    def label_probabilities(self, examples, seed: int) -> torch.Tensor:
+        return self.probabilities(examples, seed)[0]
 
     def probabilities(self, examples, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(label probabilities, raw label log-scores, prompts) of any examples, with the seed's

@@ -96,23 +96,29 @@ def headline_metrics(task: str) -> tuple[str, ...]:
 
 
 def label_file(spec: JobSpec, input_file: Path, output_file: Path, log=print) -> int:
-    """`tlscale fewshot SPEC --label FILE --output OUT.jsonl`: the prompted model's label probabilities for every
-    row of FILE (data's text columns; no labels needed), with the first seed's demonstrations, as the JSONL
-    soft labels a distillation teacher reads (`distill.teacher: [OUT.jsonl]`). Returns the row count."""
-    if spec.fewshot is None or spec.task != "text_classification" or spec.fewshot.method != "prompt":
-        raise ConfigError("--label: labels a file by prompting a causal LM; needs task text_classification and "
-                          "fewshot.method prompt")
+    """`tlscale fewshot SPEC --label FILE --output OUT.jsonl`: the few-shot method's label probabilities for every
+    row of FILE (data's text columns; no labels needed), fitted on (or prompted with) the first seed's labelled
+    examples, as the JSONL soft labels a distillation teacher reads (`distill.teacher: [OUT.jsonl]`): a prompted
+    LLM, or an encoder baseline trained on k per class whose labels a student learns from (self-training).
+    Returns the row count."""
+    if spec.fewshot is None or spec.task != "text_classification":
+        raise ConfigError("--label: labels a file with a few-shot classifier; needs task text_classification and a "
+                          "fewshot section")
     from tlscale.data.classification import read_examples
     from tlscale.eval import write_predictions
+    from tlscale.fewshot import encoders  # noqa: F401  (registers the encoder methods)
     from tlscale.fewshot.methods import METHODS
 
     examples = read_examples(Path(input_file), spec.data, need_label=False)
-    method = METHODS.get("prompt", field="fewshot.method")(spec)
+    method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
     seed = spec.fewshot.seeds[0]
     started = time.perf_counter()
-    probs, _, _ = method.probabilities(examples, seed)
+    probs = method.label_probabilities(examples, seed)
     write_predictions(Path(output_file), examples.texts, probs, method.label_names, None, examples.where)
-    log(f"labelled {len(examples)} rows of {input_file} in {time.perf_counter() - started:.0f} s (seed {seed}, "
-        f"{spec.fewshot.k} demonstrations{' per class' if spec.fewshot.k_per == 'class' else ''}, "
-        f"{method.truncated} prompts cut to fit)")
+    if spec.fewshot.method == "prompt":
+        how = (f"{spec.fewshot.k} demonstrations{' per class' if spec.fewshot.k_per == 'class' else ''}, "
+               f"{method.truncated} prompts cut to fit")
+    else:
+        how = f"{spec.fewshot.method} on {spec.fewshot.k} labelled examples per class"
+    log(f"labelled {len(examples)} rows of {input_file} in {time.perf_counter() - started:.0f} s (seed {seed}, {how})")
     return len(examples)
