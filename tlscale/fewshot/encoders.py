@@ -161,8 +161,7 @@ class SetFit(EncoderBaseline):
     def run(self, seed: int) -> SeedResult:
         started = time.perf_counter()
         texts, labels, origins, counts = self.training_examples(seed)
-        model = self.adapted_encoder(texts, labels, seed)
-        steps, first_loss, final_loss = self.pair_facts
+        model, (steps, first_loss, final_loss) = self.fine_tuned(texts, labels, seed)
         train_vectors = self.embed(model, texts)
         train_s = time.perf_counter() - started
         eval_vectors, predict_s = self.timed_embed(model, self.eval_texts)
@@ -175,9 +174,12 @@ class SetFit(EncoderBaseline):
         return SeedResult(metrics, rows)
 
     def adapted_encoder(self, texts: list[str], labels: list[int], seed: int):
+        return self.fine_tuned(texts, labels, seed)[0]
+
+    def fine_tuned(self, texts: list[str], labels: list[int], seed: int):
+        """(a fine-tuned copy of the encoder, (pair steps, first and final pair loss))."""
         model = copy.deepcopy(self.encoder)
-        self.pair_facts = contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
-        return model
+        return model, contrastive_finetune(model, texts, labels, self.fewshot.setfit, seed)
 
 
 def fit_head(vectors: np.ndarray, labels: list[int], seed: int, groups: list[int] | None = None):

@@ -63,7 +63,9 @@ class ClassificationMethod:
     def label_probabilities(self, examples, seed: int) -> torch.Tensor:
         """(examples, labels) probabilities of any examples with the seed's labelled data, for `tlscale fewshot
         --label` (a distillation teacher's soft labels)."""
-        raise NotImplementedError
+        from tlscale.errors import ConfigError
+
+        raise ConfigError(f"--label: fewshot.method '{self.fewshot.method}' cannot label a file")
 
     def score(self, probs: torch.Tensor, extra: dict | None = None) -> tuple[dict, list[dict]]:
         from tlscale.eval import classification_metrics

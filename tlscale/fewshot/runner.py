@@ -106,8 +106,7 @@ def label_file(spec: JobSpec, input_file: Path, output_file: Path, log=print) ->
                           "fewshot section")
     from tlscale.data.classification import read_examples
     from tlscale.eval import write_predictions
-    from tlscale.fewshot import encoders  # noqa: F401  (registers the encoder methods)
-    from tlscale.fewshot.methods import METHODS
+    from tlscale.fewshot.methods import METHODS  # (the package registers every built-in method)
 
     examples = read_examples(Path(input_file), spec.data, need_label=False)
     method = METHODS.get(spec.fewshot.method, field="fewshot.method")(spec)
