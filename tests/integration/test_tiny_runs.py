@@ -95,6 +95,32 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, spec):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_compiled_blocks_compute_the_eager_losses_and_save_eager_checkpoints(tmp_path, spec):
+    """training.compile compiles the blocks in place: the same losses as eager (no dropout, whose random
+    streams differ under inductor), a model folder with the eager keys, and a checkpoint an eager run resumes."""
+    spec["model"]["dropout"] = 0.0
+    spec["training"].update(max_steps=12, save_every_steps=6, eval_every_steps=None, keep_best=False,
+                            log_every_steps=2)
+    eager = write_spec(tmp_path / "eager.yaml", {**spec, "output_dir": str(tmp_path / "eager")})
+    compiled = write_spec(tmp_path / "compiled.yaml", {**spec, "output_dir": str(tmp_path / "compiled"),
+                                                        "training": {**spec["training"], "compile": True}})
+    train(eager)
+    stopped = train(compiled, "--stop-after-steps", "6")
+    assert "training.compile: 2 transformer blocks compiled" in stopped.stdout + stopped.stderr
+    assert (tmp_path / "compiled" / "checkpoints").is_dir() and not (tmp_path / "compiled" / "model").exists()
+    train(eager, "--resume", "output_dir=" + str(tmp_path / "compiled"))  # the compiled run's checkpoint, eagerly
+
+    def losses(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [row["train/loss"] for row in rows if "train/loss" in row]
+
+    assert len(losses("compiled")) == len(losses("eager")) == 6
+    assert losses("compiled") == pytest.approx(losses("eager"), rel=1e-3)
+    a = load_file(str(tmp_path / "eager" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "compiled" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_checkpoints_are_atomic_and_pruned(tmp_path, spec):
     spec["training"].update(save_every_steps=4, keep_checkpoints=2)
     path = write_spec(tmp_path / "spec.yaml", spec)

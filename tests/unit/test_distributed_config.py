@@ -68,6 +68,7 @@ def test_user_json_unreadable(tmp_path):
     ({"backend": "ddp", "offload_optimizer": "cpu"}, {}, "offload_optimizer needs backend 'deepspeed'"),
     ({"backend": "deepspeed", "zero_stage": 2, "offload_params": "cpu"}, {}, "offload_params needs zero_stage 3"),
     ({"backend": "ddp", "num_processes": 3}, {}, "must divide evenly"),
+    ({"backend": "deepspeed", "zero_stage": 2}, {"compile": True}, "training.compile is not supported under DeepSpeed"),
 ])
 def test_incoherent_distributed_sections(tmp_path, distributed, training, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -143,7 +143,13 @@ def _build(spec: JobSpec):
     strategy = build_strategy(spec.strategy)
     model = task.build_model(data, strategy.load_options())
     memory = memory_report(model)
-    return tokenizer, task, data, strategy, strategy.apply(model), memory
+    model = strategy.apply(model)
+    if spec.training.compile:
+        from tlscale.models.layers import compile_blocks
+
+        log.info(f"training.compile: {compile_blocks(model)} transformer blocks compiled (torch.compile, inductor); "
+                 "the first steps of each new shape wait for the compiler")
+    return tokenizer, task, data, strategy, model, memory
 
 
 def _resume(s: Session) -> None:
