@@ -28,8 +28,8 @@ def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_si
     }
 
 
-def trainer_run(spec, freeze_backbone: bool) -> dict:
-    """The same model and tokenized rows through transformers.Trainer."""
+def trainer_run(spec, freeze_backbone: bool, compile: bool = False) -> dict:
+    """The same model and tokenized rows through transformers.Trainer (compile: its torch_compile=True)."""
     import tempfile
 
     import torch
@@ -63,7 +63,7 @@ def trainer_run(spec, freeze_backbone: bool) -> dict:
                                  logging_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), disable_tqdm=True, seed=spec.seed,
                                  bf16=spec.training.mixed_precision == "bf16",
                                  fp16=spec.training.mixed_precision == "fp16",
-                                 dataloader_num_workers=0)
+                                 dataloader_num_workers=0, torch_compile=compile)
         trainer = Trainer(model=model, args=args, train_dataset=Rows(),
                           data_collator=DataCollatorWithPadding(tokenizer))
         return trainer.train().metrics
