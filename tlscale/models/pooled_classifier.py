@@ -34,8 +34,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 def drop_unused_pooler(backbone: nn.Module) -> nn.Module:
     """BERT-style poolers are never used here; removing them saves compute and keeps DDP happy."""
     if getattr(backbone, "pooler", None) is not None:
-        del backbone.pooler  # a plain attribute, not a None child: copies of the module (Accelerate's regional
-        backbone.pooler = None  # compilation) drop None children, and BERT's forward reads self.pooler
+        backbone.pooler = None
     return backbone
 
 
