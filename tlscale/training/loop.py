@@ -148,7 +148,7 @@ def _build(spec: JobSpec):
         from tlscale.models.layers import compile_blocks
 
         log.info(f"training.compile: {compile_blocks(model)} transformer blocks compiled (torch.compile, inductor); "
-                 "the first steps of each new shape wait for the compiler")
+                 "the first steps wait for the compiler")
     return tokenizer, task, data, strategy, model, memory
 
 
