@@ -49,7 +49,6 @@ def train(recipe: dict, out: Path, train_file: Path | None, articles: int | None
     xquad = next(task for task in spec["multi_task"]["tasks"] if task["name"] == "xquad")
     if train_file:
         xquad["data"]["train_file"], xquad["qa"]["train_articles"] = str(train_file), articles
-    out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{out.name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     metrics = train_config(out.parent / f"{out.name}.yaml", *settings)
     return {**metrics["eval"]["tasks"]["xquad"], "train_runtime_s": metrics["train_runtime_s"]}
