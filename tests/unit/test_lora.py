@@ -61,3 +61,29 @@ def test_lora_run_writes_adapter_and_merged_model(tmp_path, small_sst2):
     merged.eval(), with_adapter.eval()
     assert torch.allclose(merged(input_ids=ids, attention_mask=mask).logits,
                           with_adapter(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+
+
+def test_bfloat16_base_halves_the_frozen_weights_and_trains_float32(tmp_path, small_sst2):
+    from tlscale import train
+
+    strategy = build_strategy(strategy_spec(name="lora", r=4, base_dtype="bfloat16"))
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"], strategy.load_options())
+    peft_model = strategy.apply(model)
+    frozen = {p.dtype for n, p in peft_model.named_parameters() if not p.requires_grad and "backbone" in n}
+    trained = {p.dtype for p in peft_model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # adapters and the new head
+
+    raw = tiny_spec(tmp_path / "run", *small_sst2, strategy={"name": "lora", "r": 4, "base_dtype": "bfloat16"},
+                    training={"epochs": 1, "lr": 5e-3, "mixed_precision": "bf16"})
+    result = train(spec_from_dict(raw), show_progress=False)
+    assert result.metrics["saved_model_verified"] is True
+
+
+def test_half_precision_base_needs_autocast_and_is_not_for_qlora(tmp_path):
+    raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", None, strategy={"name": "lora", "base_dtype": "bfloat16"})
+    with pytest.raises(ConfigError, match="strategy.base_dtype 'bfloat16' needs training.mixed_precision 'bf16'"):
+        spec_from_dict(raw)
+    raw = tiny_spec(tmp_path / "o", tmp_path / "t.tsv", None, strategy={"name": "qlora", "base_dtype": "bfloat16"},
+                    training={"mixed_precision": "bf16"})
+    with pytest.raises(ConfigError, match="base_dtype is for strategy 'lora'"):
+        spec_from_dict(raw)

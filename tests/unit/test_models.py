@@ -97,3 +97,31 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(RunStateError, match="reloaded loss"):
         verify_saved_model(tmp_path, batch, in_memory, mixed_precision="bf16")
+
+
+def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients():
+    """training.gradient_checkpointing: each block runs again in the backward pass (counted by a hook inside it), and the
+    loss and gradients are those of the plain model (dropout included: the recompute replays its RNG state)."""
+    from tlscale.models.layers import checkpoint_activations, find_blocks
+
+    def loss_and_grads(model):
+        torch.manual_seed(3)
+        ids = torch.randint(1000, 2000, (4, 12))
+        loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 1, 0])).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    torch.manual_seed(0)
+    plain = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
+    checkpointed = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpoint_activations(checkpointed) == len(find_blocks(checkpointed)[1]) == 2
+    calls = []
+    # inside the block: transformers checkpoints its forward, so the block's own hooks run once
+    next(find_blocks(checkpointed)[1][0].children()).register_forward_pre_hook(lambda *_: calls.append(1))
+    plain.train(), checkpointed.train()
+    loss, grads = loss_and_grads(plain)
+    loss_ckpt, grads_ckpt = loss_and_grads(checkpointed)
+    assert len(calls) == 2  # forward, then again in backward
+    assert loss_ckpt == loss and grads.keys() == grads_ckpt.keys()
+    assert all(torch.allclose(grads[n], grads_ckpt[n], atol=1e-6) for n in grads)

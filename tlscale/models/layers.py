@@ -44,6 +44,29 @@ def compile_blocks(model: nn.Module) -> int:
     return len(blocks)
 
 
+def checkpoint_activations(model: nn.Module) -> int:
+    """transformers' own gradient checkpointing on every pretrained model inside `model` (a PEFT wrapper, a
+    multi-task model): non-reentrant, so frozen inputs (LoRA, a frozen embedding) need no grad hooks; the KV cache
+    goes off, as generation does not run in training. -> blocks that recompute."""
+    from transformers import PreTrainedModel
+
+    outermost = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    inside = {id(sub) for m in outermost for sub in list(m.modules())[1:]}
+    for pretrained in (m for m in outermost if id(m) not in inside):
+        if not pretrained.supports_gradient_checkpointing:
+            raise ValueError(f"training.gradient_checkpointing: {type(pretrained).__name__} does not support it")
+        kwargs = {"use_reentrant": False}
+        if hasattr(pretrained, "activation_checkpointing_enable"):  # transformers >= 5.2x; older: the same, named so
+            pretrained.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            pretrained.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for pretrained in outermost:  # inner models (a backbone) keep configs of their own
+        if getattr(pretrained.config, "use_cache", None):
+            pretrained.config.use_cache = False
+    return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
+               and type(m).__name__ not in {type(p).__name__ for p in outermost})
+
+
 def layer_groups(model: nn.Module) -> LayerGroups:
     """Parameter names per group. Norms and poolers above the blocks go with the head. Works for any
     transformers model with a base model (our classifier's `backbone`, BertForQuestionAnswering's `bert`)."""

@@ -292,6 +292,9 @@ class TrainingSpec(Section):
     compile: bool = Field(False, description="torch.compile (inductor) each transformer block in place, with "
                           "dynamic shapes so one compile serves every batch length. The first steps wait for the "
                           "compiler (15-20 s on 2 CPU cores); no faster per step on that CPU (bench/README): for GPUs.")
+    gradient_checkpointing: bool = Field(False, description="Recompute each transformer block's activations in the "
+                                         "backward pass instead of keeping them: activation memory falls to about "
+                                         "one block's, for about a third more compute per step.")
     eval_every_steps: PositiveInt | None = Field(None, description="Evaluate every N steps (shown on the console, logged to metrics.jsonl).")
     save_every_steps: PositiveInt | None = Field(None, description="Training-state checkpoints for resume.")
     keep_checkpoints: PositiveInt = Field(2, description="Newest training checkpoints kept in checkpoints/.")
@@ -787,6 +790,15 @@ class JobSpec(Section):
         if dist.backend == "deepspeed" and dist.zero_stage == 3 and training.keep_best and training.eval_every_steps:
             raise ValueError("training.keep_best with eval_every_steps is not supported under ZeRO-3 (the best "
                              "weights cannot be loaded back into partitioned parameters); set training.keep_best=false")
+        return self
+
+    @model_validator(mode="after")
+    def _base_dtype_needs_autocast(self) -> JobSpec:
+        base_dtype = getattr(self.strategy, "base_dtype", None)
+        if base_dtype in ("bfloat16", "float16") and self.training.mixed_precision == "no":
+            wanted = "bf16" if base_dtype == "bfloat16" else "fp16"
+            raise ValueError(f"strategy.base_dtype '{base_dtype}' needs training.mixed_precision '{wanted}' (the "
+                             "float32 adapters and head meet the half-precision base under autocast), found 'no'")
         return self
 
     @model_validator(mode="after")

@@ -103,6 +103,9 @@ class LoraOptions(StrategySpec):
         None, description="lora: module names to adapt (default: attention and MLP projections of the architecture)."
     )
     bias: Literal["none", "all", "lora_only"] | None = Field(None, description="lora: which biases train (none).")
+    base_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="lora: dtype of the frozen base weights (default float32); bfloat16 halves their memory "
+        "while the adapters and the new head keep training in float32 (needs mixed_precision bf16).")
 
 
 class QloraOptions(LoraOptions):
@@ -116,6 +119,9 @@ class QloraOptions(LoraOptions):
 
     @model_validator(mode="after")
     def _four_bit_options(self) -> QloraOptions:
+        if self.base_dtype is not None:
+            raise ValueError("base_dtype is for strategy 'lora'; qlora quantizes the base (its matmuls run in "
+                             f"compute_dtype), found base_dtype '{self.base_dtype}'")
         four_bit_only = [k for k in ("quant_type", "double_quant", "compute_dtype") if getattr(self, k) is not None]
         if self.bits == 8 and four_bit_only:
             raise ValueError(f"{', '.join(four_bit_only)} only apply to 4-bit loading, found bits=8")
@@ -136,7 +142,14 @@ class Lora(Strategy):
         if skeleton is not None:
             resolve_targets(self.spec, skeleton, skeleton.config.model_type)
 
+    def load_options(self) -> dict:
+        from tlscale.models.quantization import DTYPES
+
+        return {"dtype": DTYPES[self.spec.base_dtype]} if self.spec.base_dtype else {}
+
     def apply(self, model: nn.Module) -> nn.Module:
+        import torch
+
         peft = require("peft")
         spec = self.spec
         r = spec.r or 8
@@ -147,7 +160,11 @@ class Lora(Strategy):
             0.05 if spec.lora_dropout is None else spec.lora_dropout), target_modules=targets,
             bias=spec.bias or "none", fan_in_fan_out=transposed,
             modules_to_save=new_head_modules(model))  # the fresh head trains fully and is saved with the adapter
-        return peft.get_peft_model(model, config)
+        model = peft.get_peft_model(model, config)
+        for param in model.parameters():  # a half-precision base: what trains keeps float32 (adapters and head)
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        return model
 
 
 @STRATEGIES.register("qlora")

@@ -144,6 +144,11 @@ def _build(spec: JobSpec):
     model = task.build_model(data, strategy.load_options())
     memory = memory_report(model)
     model = strategy.apply(model)
+    if spec.training.gradient_checkpointing:
+        from tlscale.models.layers import checkpoint_activations
+
+        log.info(f"training.gradient_checkpointing: {checkpoint_activations(model)} transformer blocks recompute "
+                 "their activations in the backward pass")
     if spec.training.compile:
         from tlscale.models.layers import compile_blocks
 
