@@ -99,7 +99,8 @@ def build_bert_base(out: Path) -> Path:
     return out
 
 
-def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict, world: int) -> list[dict]:
+def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict, world: int,
+                  mixed_precision: str = "no") -> list[dict]:
     logs = tmp / f"mem-{name}"
     logs.mkdir()
     spec = {
@@ -108,7 +109,7 @@ def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict, world: in
         "data": {"train_file": str(DATA / "sst2" / "train.tsv"), "eval_file": str(DATA / "sst2" / "dev.tsv"),
                  "text_column": "sentence", "labels": ["negative", "positive"], "limit": 64, "eval_limit": 16},
         "training": {"epochs": 1, "max_steps": 3, "batch_size": 8, "lr": 1e-4, "report_to": [],
-                     "keep_best": False},
+                     "keep_best": False, "mixed_precision": mixed_precision},
         "distributed": {**distributed, "num_processes": world},
     }
     spec_file = tmp / f"{name}.yaml"
@@ -130,8 +131,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results-zero-memory.json")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                        help="bf16: every setting trains under bf16 autocast (DeepSpeed then keeps bf16 parameters "
+                        "and gradients beside the fp32 master; DDP keeps fp32 parameters)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    bf16 = args.mixed_precision == "bf16"
+    args.out = args.out or ROOT / "bench" / f"results-zero-memory{'-bf16' if bf16 else ''}.json"
     gib = 1024**3
     results = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -145,14 +151,14 @@ def main() -> None:
                                           "data": {"train_file": str(DATA / "sst2" / "train.tsv")}}))
         options = {o.name: o for o in OPTIONS}
         for world in args.worlds:
-            baseline = peak_per_rank(tmp, f"baseline-{world}", "tiny:bert", SETTINGS["DDP"], world)
+            baseline = peak_per_rank(tmp, f"baseline-{world}", "tiny:bert", SETTINGS["DDP"], world, args.mixed_precision)
             for name, setting in SETTINGS.items():
                 if setting["backend"] == "deepspeed":
                     setting = {**setting, "deepspeed_config": str(buckets)}
-                ranks = peak_per_rank(tmp, f"{name}-{world}", model, setting, world)
+                ranks = peak_per_rank(tmp, f"{name}-{world}", model, setting, world, args.mixed_precision)
                 net = [r["peak_bytes"] - b["peak_bytes"] for r, b in zip(ranks, baseline)]
-                states = sum(model_states(size, options[name], world, mixed_precision=False)[:3])
-                acts = activations(size, 8 // world, 32, mixed_precision=False)
+                states = sum(model_states(size, options[name], world, mixed_precision=bf16)[:3])
+                acts = activations(size, 8 // world, 32, mixed_precision=bf16)
                 results.append({"world": world, "setting": name, "peak_gib_per_rank": [n / gib for n in net],
                                  "peak_gib": max(net) / gib, "planner_gib": (states + acts) / gib,
                                  "tensors_at_step_start_gib": max(r["steps"][-1]["tensors_at_start"] -
@@ -163,14 +169,16 @@ def main() -> None:
     for r in results:
         r["ratio_to_ddp"] = r["peak_gib"] / ddp[r["world"]]["peak_gib"]
         r["planner_ratio_to_ddp"] = r["planner_gib"] / ddp[r["world"]]["planner_gib"]
-    print(f"\nBERT-base shape, {size.total / 1e6:.1f}M parameters, fp32 Adam, CPU (gloo), global batch 8 x 32 tokens; "
+    print(f"\nBERT-base shape, {size.total / 1e6:.1f}M parameters, AdamW, {'bf16 autocast' if bf16 else 'fp32'}, "
+          "CPU (gloo), global batch 8 x 32 tokens; "
           "per-rank peak RssAnon over whole steps, a 1M-parameter run's subtracted; tensors at the last step's start")
     print(f"{'ranks':>5} {'setting':8} {'peak GiB':>9} {'at step start':>14} {'ratio to DDP':>13} {'planner GiB':>12} "
           f"{'planner ratio':>14}")
     for r in results:
         print(f"{r['world']:>5} {r['setting']:8} {r['peak_gib']:9.2f} {r['tensors_at_step_start_gib']:14.2f} "
               f"{r['ratio_to_ddp']:13.2f} {r['planner_gib']:12.2f} {r['planner_ratio_to_ddp']:14.2f}")
-    args.out.write_text(json.dumps({"parameters": size.total, "results": results}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"parameters": size.total, "mixed_precision": args.mixed_precision,
+                                    "results": results}, indent=2) + "\n")
     print(f"written {args.out}")
 
 
