@@ -125,3 +125,38 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients():
     assert len(calls) == 2  # forward, then again in backward
     assert loss_ckpt == loss and grads.keys() == grads_ckpt.keys()
     assert all(torch.allclose(grads[n], grads_ckpt[n], atol=1e-6) for n in grads)
+
+
+def test_init_from_an_earlier_classifier_run_starts_from_its_backbone(tmp_path, small_sst2):
+    """Intermediate-task transfer: a classification run's saved model (its backbone under `backbone.`) is the
+    start of another; the backbone weights are the run's, not a fresh initialisation."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import tiny_spec
+    from tlscale import train
+    from tlscale.spec import spec_from_dict
+
+    train(spec_from_dict(tiny_spec(tmp_path / "first", *small_sst2, training={"epochs": 1})), show_progress=False)
+    saved = load_file(str(tmp_path / "first" / "model" / "model.safetensors"))
+    model = build_classifier(ModelSpec(name_or_path="tiny:bert", init_from=tmp_path / "first"), ["neg", "pos"])
+    backbone = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    assert len(backbone) > 30 and all(torch.equal(saved[k], v) for k, v in backbone.items())
+
+
+def test_a_checkpoint_whose_weights_the_model_does_not_read_is_a_clear_error(tmp_path):
+    """Weights under names the class does not know (here a wrapper's prefix) would be left at their random
+    initialisation, reported only in a log: an error instead."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from tlscale.errors import ConfigError
+    from tlscale.models.tiny import tiny_model_dir
+
+    source = tiny_model_dir("bert")
+    folder = tmp_path / "wrapped"
+    folder.mkdir()
+    (folder / "config.json").write_text((source / "config.json").read_text())
+    weights = load_file(str(source / "model.safetensors"))
+    save_file({f"wrapper.{k}": v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    with pytest.raises(ConfigError, match="weights were not found in"):
+        build_classifier(ModelSpec(name_or_path="tiny:bert", init_from=folder), ["neg", "pos"])

@@ -219,12 +219,15 @@ def _load_with_head(auto_class, spec: ModelSpec, load_options: dict | None):
         overrides["pad_token_id"] = config.eos_token_id
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the new, untrained head
+    weights = str(init_weights(spec) or path)
     try:
-        model = auto_class.from_pretrained(str(init_weights(spec) or path), **overrides, **(load_options or {}))
+        model, report = auto_class.from_pretrained(weights, output_loading_info=True, **_key_mapping(weights),
+                                                   **overrides, **(load_options or {}))
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    _check_loaded(model, report, weights)
     truncate(model, spec)
     if load_options and "quantization_config" in load_options:
         from tlscale.models.quantization import disable_cpu_repacking
@@ -294,11 +297,31 @@ def _load_backbone(path: str, overrides: dict | None = None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the unused LM head of full checkpoints
     try:
-        return AutoModel.from_pretrained(path, **(overrides or {}))
+        model, report = AutoModel.from_pretrained(path, output_loading_info=True, **_key_mapping(path),
+                                                  **(overrides or {}))
     except (OSError, ValueError) as exc:
         raise _load_error(path, exc) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    _check_loaded(model, report, path)
+    return model
+
+
+def _key_mapping(path: str) -> dict:
+    """An earlier tlscale classifier (model.init_from) keeps its encoder under `backbone.`: read as a bare
+    encoder, which transformers also loads into a model with a head (QA, LM)."""
+    config = Path(path) / "config.json"
+    architectures = json.loads(config.read_text()).get("architectures") if config.is_file() else None
+    return {"key_mapping": {r"^backbone\.": ""}} if architectures == ["PooledSequenceClassifier"] else {}
+
+
+def _check_loaded(model, report: dict, path: str) -> None:
+    """transformers initialises what it does not find and says so only in a log: a checkpoint whose names the
+    class does not read would train from random weights. Most of the weights missing is an error."""
+    missing, total = set(report.get("missing_keys") or []), len(model.state_dict())
+    if len(missing) > total // 2:
+        raise ConfigError(f"model: {len(missing)} of the {total} weights were not found in '{path}' (e.g. "
+                          f"{sorted(missing)[0]}): it is not a checkpoint of this architecture")
 
 
 def load_trained_classifier(checkpoint: str | Path):
