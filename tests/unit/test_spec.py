@@ -24,7 +24,8 @@ def test_configs_exist():
 
 # Configs that start from an earlier run: without it, validate names what is missing.
 TEACHER_MISSING = "distill.teacher: expected run folders, model folders or .jsonl files; found nothing at"
-NEEDS_A_RUN = {"sst2-minilm-distill": TEACHER_MISSING, "sst2-minilm-self-train": TEACHER_MISSING}
+NEEDS_A_RUN = {"sst2-minilm-distill": TEACHER_MISSING, "sst2-minilm-self-train": TEACHER_MISSING,
+               "sst2-minilm-ladder-from-imdb": "model.init_from: expected a run folder or a saved model folder"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
