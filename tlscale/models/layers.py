@@ -49,6 +49,7 @@ def checkpoint_activations(model: nn.Module) -> int:
     multi-task model): non-reentrant, so frozen inputs (LoRA, a frozen embedding) need no grad hooks; the KV cache
     goes off, as generation does not run in training. -> blocks that recompute."""
     from transformers import PreTrainedModel
+    from transformers.modeling_layers import GradientCheckpointingLayer
 
     outermost = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
     inside = {id(sub) for m in outermost for sub in list(m.modules())[1:]}
@@ -63,8 +64,7 @@ def checkpoint_activations(model: nn.Module) -> int:
     for pretrained in outermost:  # inner models (a backbone) keep configs of their own
         if getattr(pretrained.config, "use_cache", None):
             pretrained.config.use_cache = False
-    return sum(1 for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
-               and type(m).__name__ not in {type(p).__name__ for p in outermost})
+    return sum(1 for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing)
 
 
 def layer_groups(model: nn.Module) -> LayerGroups:
