@@ -16,8 +16,8 @@ from tests.conftest import run_cli, tiny_spec, write_spec
 from tlscale.data.classification import Examples
 from tlscale.errors import ConfigError, DataError
 from tlscale.spec import load_spec
-from tlscale.tasks.distillation import (UNLABELLED, DistillOptions, distillation_loss, soft_label_file,
-                                        teacher_outputs, transfer_examples)
+from tlscale.tasks.distillation import (UNLABELLED, DistillOptions, Teaching, distillation_loss, select_confident,
+                                        soft_label_file, teacher_outputs, transfer_examples)
 
 WORDS = ("the film was a story about an old town where people talk and walk all day long in rain with music "
          "friends dogs".split())
@@ -164,9 +164,28 @@ def test_unlabelled_texts_that_are_evaluated_or_already_labelled_are_left_out(tm
     assert merged.texts[-1] == "a new sentence" and merged.labels[-1] == UNLABELLED
 
 
+def test_self_training_keeps_the_labelled_and_the_surest_unlabelled_texts_of_each_predicted_class():
+    texts = ["gold a", "gold b", "u1", "u2", "u3", "u4", "u5"]
+    labels = [0, 1] + [UNLABELLED] * 5
+    examples = Examples(texts, None, labels, [f"f:{i}" for i in range(7)], labels)
+    # the teacher's P(positive): u1 .9, u2 .6, u3 .2, u4 .95, u5 .45 -> positive u4 > u1 > u2; negative u3 > u5
+    p = torch.tensor([0.5, 0.5, 0.9, 0.6, 0.2, 0.95, 0.45])
+    teaching = Teaching(torch.stack([1 - p, p], 1).log(), None)
+    kept, taught, facts = select_confident(examples, teaching, 2, ["negative", "positive"])
+    assert kept.texts == ["gold a", "gold b", "u1", "u3", "u4", "u5"]  # u2 (positive, least sure) left out
+    assert torch.allclose(taught.log_probs.exp()[:, 1], torch.tensor([0.5, 0.5, 0.9, 0.2, 0.95, 0.45]))
+    assert facts == {"selected": {"negative": {"texts": 2, "min_probability": 0.55},
+                                  "positive": {"texts": 2, "min_probability": 0.9}}}
+    _, _, few = select_confident(examples, teaching, 3, ["negative", "positive"])
+    assert few["selected"]["negative"]["texts"] == 2 and few["selected"]["positive"]["texts"] == 3
+    assert select_confident(examples, teaching, None, ["negative", "positive"])[0] is examples
+
+
 @pytest.mark.parametrize("override, message", [
     ({"distill": {"teacher": ["/nowhere/run"]}}, "distill.teacher: expected run folders, .* found nothing at /nowhere/run"),
     ({"distill": {"unlabeled_limit": 5}}, "distill.unlabeled_limit: needs distill.teacher"),
+    ({"distill": {"teacher": ["FLIPPED"], "select_per_class": 5}},
+     "distill.select_per_class: selects among unlabelled texts; set distill.unlabeled_file"),
     ({"distill": {"teacher": ["FLIPPED"]}, "strategy": {"name": "feature_extraction"}},
      "distill.teacher: distillation trains the student's encoder"),
     ({"distill": {"teacher": ["FLIPPED"], "hidden_weight": 1.0}}, "distill.hidden_weight: needs model teachers"),

@@ -25,6 +25,7 @@ def test_configs_exist():
 # Configs that start from an earlier run: without it, validate names what is missing.
 TEACHER_MISSING = "distill.teacher: expected run folders, model folders or .jsonl files; found nothing at"
 NEEDS_A_RUN = {"sst2-minilm-distill": TEACHER_MISSING, "sst2-minilm-self-train": TEACHER_MISSING,
+               "sst2-minilm-self-train-select": TEACHER_MISSING,
                "sst2-minilm-ladder-from-imdb": "model.init_from: expected a run folder or a saved model folder"}
 
 

@@ -11,8 +11,8 @@ from tlscale.eval import (classification_metrics, plot_confusion_matrix, plot_re
                           write_predictions)
 from tlscale.eval.evaluator import score_batches
 from tlscale.tasks.base import TASKS, Task, TaskData, gather_rows
-from tlscale.tasks.distillation import (DistillOptions, TransferSet, attach_teacher, collate_with_teacher,
-                                        distillation_loss, transfer_examples)
+from tlscale.tasks.distillation import (DistillOptions, TransferSet, collate_with_teacher, distillation_loss,
+                                        select_confident, teach, transfer_examples, transfer_set)
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
@@ -50,10 +50,14 @@ class TextClassification(Task):
             examples, notes["augment"] = augment(spec, examples, tokenizer)
         if spec.distill.enabled:
             examples, facts = transfer_examples(spec, examples, data.eval)
+            teaching, lineage = teach(examples, spec, data.label_names)
+            examples, teaching, chosen = select_confident(examples, teaching, spec.distill.select_per_class,
+                                                          data.label_names)
+            notes["distill"] = {**facts, **lineage, **chosen, "labelled": len(data.train),
+                                "transfer_texts": len(examples)}
         train = tokenize(examples, tokenizer, spec.model.max_length)
         if spec.distill.enabled:
-            train, lineage = attach_teacher(train, examples, spec, data.label_names)
-            notes["distill"] = {**facts, **lineage, "labelled": len(data.train), "transfer_texts": len(examples)}
+            train = transfer_set(train, teaching)
         evaluation = tokenize(data.eval, tokenizer, spec.model.max_length)
         return TaskData(train, evaluation, data.label_names, train.truncated, eval_items=data.eval, notes=notes)
 

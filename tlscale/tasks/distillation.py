@@ -48,6 +48,10 @@ class DistillOptions(TaskOptions):
     hidden_weight: float = Field(0.0, ge=0.0, le=100.0, description="Weight of a cosine term between the "
                                  "student's and the teacher's pooled features (a tlscale teacher of the same "
                                  "hidden size, e.g. a student built with model.keep_layers from it). 0: off.")
+    select_per_class: PositiveInt | None = Field(
+        None, description="Self-training's selection (Du et al. 2021): of the unlabelled texts keep, for each "
+        "class, the N the teacher gives that class most surely (its prediction, ranked by probability), so "
+        "the student learns from balanced and surer soft labels. None: every unlabelled text.")
     batch_size: PositiveInt = Field(64, le=65_536, description="Texts per teacher forward pass (computed once).")
 
     @property
@@ -56,12 +60,15 @@ class DistillOptions(TaskOptions):
 
     def problems(self, spec) -> dict[str, str]:
         if not self.enabled:
-            named = [k for k in ("unlabeled_file", "unlabeled_limit") if getattr(self, k) is not None]
+            named = [k for k in ("unlabeled_file", "unlabeled_limit", "select_per_class")
+                     if getattr(self, k) is not None]
             return {named[0]: "needs distill.teacher: unlabelled text only trains through a teacher"} if named else {}
         missing = [str(p) for p in self.teacher if not p.exists()]
         if missing:
             return {"teacher": f"expected run folders, model folders or .jsonl files; found nothing at "
                                f"{', '.join(missing)}"}
+        if self.select_per_class is not None and self.unlabeled_file is None:
+            return {"select_per_class": "selects among unlabelled texts; set distill.unlabeled_file"}
         if self.unlabeled_file is not None and not self.unlabeled_file.is_file():
             return {"unlabeled_file": f"expected a file of texts; found nothing at {self.unlabeled_file}"}
         if spec.strategy.name == "feature_extraction":
@@ -102,8 +109,19 @@ def transfer_examples(spec, labelled: Examples, eval_examples: Examples) -> tupl
     return merged, {"unlabeled": len(unlabeled), "unlabeled_skipped_as_eval_or_labelled": skipped}
 
 
-def attach_teacher(encoded: Encoded, examples: Examples, spec, label_names: list[str]) -> tuple[TransferSet, dict]:
-    """The transfer set with every teacher's outputs (cached), averaged over teachers."""
+@dataclass
+class Teaching:
+    """Every teacher's outputs on the transfer texts, averaged: log-probabilities at T=1 (N, classes) and, for
+    hidden matching, pooled features (N, hidden)."""
+    log_probs: torch.Tensor
+    features: torch.Tensor | None
+
+    def subset(self, indices: list[int]) -> Teaching:
+        return Teaching(self.log_probs[indices], self.features[indices] if self.features is not None else None)
+
+
+def teach(examples: Examples, spec, label_names: list[str]) -> tuple[Teaching, dict]:
+    """Every teacher's outputs on the transfer texts (cached), averaged over teachers, and their lineage."""
     import torch
 
     options = spec.distill
@@ -115,11 +133,36 @@ def attach_teacher(encoded: Encoded, examples: Examples, spec, label_names: list
             features.append(outputs["features"])
         lineage.append(facts)
     mean = torch.logsumexp(torch.stack(log_probs), dim=0) - torch.log(torch.tensor(float(len(log_probs))))
-    transfer = TransferSet(encoded.input_ids, encoded.token_type_ids, encoded.labels, encoded.truncated,
-                           teacher_log_probs=mean, teacher_features=torch.stack(features).mean(0) if features else None)
-    labelled = [i for i, y in enumerate(encoded.labels) if y != UNLABELLED]
-    agree = (mean[labelled].argmax(1) == torch.tensor([encoded.labels[i] for i in labelled])).float().mean()
-    return transfer, {"teachers": lineage, "teacher_train_accuracy": round(float(agree), 4) if labelled else None}
+    labelled = [i for i, y in enumerate(examples.labels) if y != UNLABELLED]
+    agree = (mean[labelled].argmax(1) == torch.tensor([examples.labels[i] for i in labelled])).float().mean()
+    return (Teaching(mean, torch.stack(features).mean(0) if features else None),
+            {"teachers": lineage, "teacher_train_accuracy": round(float(agree), 4) if labelled else None})
+
+
+def select_confident(examples: Examples, teaching: Teaching, per_class: int | None, label_names: list[str]
+                     ) -> tuple[Examples, Teaching, dict]:
+    """The labelled examples and, of the unlabelled texts, the `per_class` the teacher is surest of for each
+    class it predicts. A class the teacher predicts less often keeps fewer (counted in the facts)."""
+    if per_class is None:
+        return examples, teaching, {}
+    labelled = [i for i, y in enumerate(examples.labels) if y != UNLABELLED]
+    unlabelled = [i for i, y in enumerate(examples.labels) if y == UNLABELLED]
+    probs = teaching.log_probs[unlabelled].exp()
+    confidence, predicted = probs.max(1)
+    keep, kept = [], {}
+    for c, name in enumerate(label_names):
+        mine = (predicted == c).nonzero().flatten()
+        best = mine[confidence[mine].argsort(descending=True)[:per_class]]
+        keep += [unlabelled[i] for i in best.tolist()]
+        surest = round(float(confidence[best].min()), 4) if len(best) else None
+        kept[name] = {"texts": len(best), "min_probability": surest}
+    chosen = labelled + sorted(keep)
+    return examples.subset(chosen), teaching.subset(chosen), {"selected": kept}
+
+
+def transfer_set(encoded: Encoded, teaching: Teaching) -> TransferSet:
+    return TransferSet(encoded.input_ids, encoded.token_type_ids, encoded.labels, encoded.truncated,
+                       teacher_log_probs=teaching.log_probs, teacher_features=teaching.features)
 
 
 def collate_with_teacher(batch: dict, data: TransferSet, indices: list[int]) -> dict:
