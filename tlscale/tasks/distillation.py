@@ -4,7 +4,8 @@ soft labels, on a transfer set of the labelled examples plus unlabelled text.
 loss = alpha * CE(gold) + (1 - alpha) * T^2 * KL(teacher_T || student_T)  [+ hidden_weight * (1 - cos)]
 (Hinton et al. 2015; DistilBERT's cosine term on the pooled features). Unlabelled texts get only the
 teacher's terms. Teacher outputs are computed once per (teacher, texts, max_length) and cached on disk, so
-epochs, ranks and later students of the same teacher (other seeds, budgets) reuse them.
+epochs, ranks and later students of the same teacher (other seeds, budgets) reuse them. Self-training keeps
+only the unlabelled texts a (few-shot) teacher is surest of, balanced over classes (select_per_class).
 """
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ def select_confident(examples: Examples, teaching: Teaching, per_class: int | No
     keep, kept = [], {}
     for c, name in enumerate(label_names):
         mine = (predicted == c).nonzero().flatten()
-        best = mine[confidence[mine].argsort(descending=True)[:per_class]]
+        best = mine[confidence[mine].argsort(descending=True, stable=True)[:per_class]]  # same on every rank
         keep += [unlabelled[i] for i in best.tolist()]
         surest = round(float(confidence[best].min()), 4) if len(best) else None
         kept[name] = {"texts": len(best), "min_probability": surest}
