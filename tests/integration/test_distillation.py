@@ -85,6 +85,18 @@ def test_alpha_decides_whether_gold_labels_or_the_teacher_train_the_student(tmp_
     assert metrics["train_examples"] == 360
 
 
+def test_a_self_trained_run_keeps_the_selected_unlabelled_texts_and_records_them(tmp_path, marker_data):
+    raw = spec_for(tmp_path / "run", marker_data, distill={"teacher": [str(marker_data["flipped"])],
+                                                          "unlabeled_file": str(marker_data["unlabeled"]),
+                                                          "select_per_class": 20})
+    metrics = train(tmp_path, "student", raw)
+    facts = metrics["data"]["distill"]
+    kept = facts["selected"]
+    assert set(kept) == {"negative", "positive"} and all(k["texts"] == 20 for k in kept.values()), kept
+    assert all(k["min_probability"] == pytest.approx(0.9) for k in kept.values())
+    assert facts["unlabeled"] == 120 and facts["transfer_texts"] == metrics["train_examples"] == 240 + 40
+
+
 def test_a_truncated_student_learns_from_a_run_folder_teacher_and_saves_an_ordinary_model(tmp_path, marker_data):
     teacher = train(tmp_path, "teacher", spec_for(tmp_path / "teacher", marker_data))
     assert teacher["eval"]["accuracy"] >= 0.9
