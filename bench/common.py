@@ -131,6 +131,24 @@ def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, 
     return evaluations
 
 
+def tlscale_cli(*args: str) -> None:
+    """`tlscale ARGS` in a fresh process, or exit with the command's last output."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
+
+
+def seed_summary(values: list[float]) -> dict:
+    """Mean, sample std and the per-seed values, rounded as the README reports them."""
+    import statistics
+
+    return {"mean": round(statistics.mean(values), 4),
+            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+            "per_seed": [round(v, 4) for v in values]}
+
+
 def train_config(config: Path, *overrides: str) -> dict:
     """`tlscale train CONFIG OVERRIDES` in a fresh process (one output_dir=... among the overrides); its
     metrics.json, or exit with the command's last output."""

@@ -19,21 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-from common import DATA, ROOT, sst2_sentence_split, train_config
+from common import DATA, ROOT, seed_summary, sst2_sentence_split, tlscale_cli, train_config
 
 TEACHER = ROOT / "configs" / "sst2-minilm-setfit.yaml"
 STUDENT = ROOT / "configs" / "sst2-minilm-self-train-select.yaml"
-
-
-def tlscale(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
 
 
 def transfer_texts(data: list[str], seed: int, out: Path) -> Path:
@@ -47,12 +38,6 @@ def transfer_texts(data: list[str], seed: int, out: Path) -> Path:
     examples, _ = transfer_examples(spec, split.train, split.eval)
     out.write_text("sentence\n" + "".join(text + "\n" for text in examples.texts))
     return out
-
-
-def summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-            "per_seed": [round(v, 4) for v in values]}
 
 
 def main() -> None:
@@ -81,10 +66,10 @@ def main() -> None:
         teacher_run = runs / f"setfit-seed{seed}"
         if not labels.is_file():  # a rerun keeps the labels already made
             texts = transfer_texts(data, seed, runs / f"transfer-seed{seed}.tsv")
-            tlscale("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *data, f"output_dir={teacher_run}",
-                    "--overwrite")
-            tlscale("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *data, f"output_dir={teacher_run}",
-                    "--label", str(texts), "--output", str(labels))
+            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *data, f"output_dir={teacher_run}",
+                        "--overwrite")
+            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *data, f"output_dir={teacher_run}",
+                        "--label", str(texts), "--output", str(labels))
         setfit = json.loads((teacher_run / "metrics.json").read_text())["eval"]["accuracy"]
         for per_class in args.per_class:
             teacher, row = labels, {"seed": seed, "per_class": per_class, "epochs": args.epochs or "config",
@@ -108,7 +93,7 @@ def main() -> None:
         table[key]["setfit_teacher"].append(row["setfit_teacher"])
         for i, r in enumerate(row["rounds"]):
             table[key].setdefault(f"round_{i + 1}", []).append(r["accuracy"])
-    summaries = {key: {name: summary(values) for name, values in columns.items() if values}
+    summaries = {key: {name: seed_summary(values) for name, values in columns.items() if values}
                  for key, columns in table.items()}
     results_file.write_text(json.dumps({"scored_on": "validation split (800)" if args.validate else "dev (872)",
                                         "summary": summaries, "rows": rows}, indent=2) + "\n")

@@ -9,28 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import DATA, ROOT, train_config
+from common import DATA, ROOT, seed_summary, tlscale_cli, train_config
 
 TEACHER = ROOT / "configs" / "sst2-minilm-setfit.yaml"
 STUDENT = ROOT / "configs" / "sst2-minilm-self-train.yaml"
 RESULTS = ROOT / "bench" / "results-self-train-sst2.json"
-
-
-def tlscale(*args: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "tlscale", *args], cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(result.stdout[-3000:] + result.stderr[-3000:])
-
-
-def summary(values: list[float]) -> dict:
-    return {"mean": round(statistics.mean(values), 4),
-            "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "per_seed": values}
 
 
 def main() -> None:
@@ -43,9 +29,10 @@ def main() -> None:
         teacher_dir, labels = args.runs / f"teacher-seed{seed}", args.runs / f"teacher-seed{seed}.jsonl"
         started = time.perf_counter()
         if not labels.is_file():  # a rerun keeps the labels already made
-            tlscale("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", f"output_dir={teacher_dir}", "--overwrite")
-            tlscale("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", f"output_dir={teacher_dir}",
-                    "--label", str(DATA / "sst2" / "train.tsv"), "--output", str(labels))
+            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", f"output_dir={teacher_dir}",
+                        "--overwrite")
+            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", f"output_dir={teacher_dir}",
+                        "--label", str(DATA / "sst2" / "train.tsv"), "--output", str(labels))
         teacher_s = time.perf_counter() - started
         teacher = json.loads((teacher_dir / "metrics.json").read_text())["eval"]["accuracy"]
         student = train_config(STUDENT, f"output_dir={args.runs / f'student-seed{seed}'}", f"seed={seed}",
@@ -56,8 +43,8 @@ def main() -> None:
                      "transfer_texts": student["train_examples"], "teacher_seconds": round(teacher_s, 1),
                      "student_train_seconds": student["train_runtime_s"]})
         print(rows[-1], flush=True)
-    results = {"teacher": summary([r["teacher_dev_accuracy"] for r in rows]),
-               "student": summary([r["student_dev_accuracy"] for r in rows]), "seeds": rows}
+    results = {"teacher": seed_summary([r["teacher_dev_accuracy"] for r in rows]),
+               "student": seed_summary([r["student_dev_accuracy"] for r in rows]), "seeds": rows}
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: results[k] for k in ("teacher", "student")}, indent=2))
 
