@@ -174,6 +174,11 @@ def test_unlabelled_texts_that_are_evaluated_or_already_labelled_are_left_out(tm
     merged, facts = transfer_examples(spec, _examples(marker_data["train"]), _examples(marker_data["dev"]))
     assert facts == {"unlabeled": 1, "unlabeled_skipped_as_eval_or_labelled": 2}
     assert merged.texts[-1] == "a new sentence" and merged.labels[-1] == UNLABELLED
+    raw["distill"]["unlabeled_min_words"] = 4  # "a new sentence" has 3 words
+    spec = load_spec(write_spec(tmp_path / "s4.yaml", raw))
+    merged, facts = transfer_examples(spec, _examples(marker_data["train"]), _examples(marker_data["dev"]))
+    assert facts == {"unlabeled": 0, "unlabeled_skipped_as_eval_or_labelled": 2, "unlabeled_shorter_than_min_words": 1}
+    assert len(merged) == 240
 
 
 def test_self_training_keeps_the_labelled_and_the_surest_unlabelled_texts_of_each_predicted_class():

@@ -46,6 +46,9 @@ class DistillOptions(TaskOptions):
         None, description="More transfer text without labels (data's text columns; a label column is ignored). "
         "Texts of the evaluation set or already labelled are skipped.")
     unlabeled_limit: PositiveInt | None = Field(None, description="A seeded sample of this many unlabelled texts.")
+    unlabeled_min_words: int = Field(0, ge=0, le=10_000, description="Only unlabelled texts of at least this many "
+                                     "words (before unlabeled_limit samples): a corpus of phrases, such as SST-2's "
+                                     "training file, would otherwise fill a selection with short, easy ones.")
     hidden_weight: float = Field(0.0, ge=0.0, le=100.0, description="Weight of a cosine term between the "
                                  "student's and the teacher's pooled features (a tlscale teacher of the same "
                                  "hidden size, e.g. a student built with model.keep_layers from it). 0: off.")
@@ -102,12 +105,17 @@ def transfer_examples(spec, labelled: Examples, eval_examples: Examples) -> tupl
     pairs = unlabeled.pairs or [None] * len(unlabeled)
     keep = [i for i, key in enumerate(zip(unlabeled.texts, pairs)) if key not in seen]
     skipped = len(unlabeled) - len(keep)
+    short = 0
+    if options.unlabeled_min_words:
+        long = [i for i in keep if len(unlabeled.texts[i].split()) >= options.unlabeled_min_words]
+        keep, short = long, len(keep) - len(long)
     unlabeled = sample(unlabeled.subset(keep), options.unlabeled_limit, spec.seed)
     merged = Examples(labelled.texts + unlabeled.texts,
                       labelled.pairs + unlabeled.pairs if labelled.pairs is not None else None,
                       labelled.raw_labels + [None] * len(unlabeled), labelled.where + unlabeled.where,
                       list(labelled.labels) + [UNLABELLED] * len(unlabeled))
-    return merged, {"unlabeled": len(unlabeled), "unlabeled_skipped_as_eval_or_labelled": skipped}
+    facts = {"unlabeled": len(unlabeled), "unlabeled_skipped_as_eval_or_labelled": skipped}
+    return merged, {**facts, "unlabeled_shorter_than_min_words": short} if options.unlabeled_min_words else facts
 
 
 @dataclass
