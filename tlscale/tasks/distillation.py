@@ -64,15 +64,16 @@ class DistillOptions(TaskOptions):
 
     def problems(self, spec) -> dict[str, str]:
         if not self.enabled:
-            named = [k for k in ("unlabeled_file", "unlabeled_limit", "select_per_class")
-                     if getattr(self, k) is not None]
+            named = [k for k in ("unlabeled_file", "unlabeled_limit", "unlabeled_min_words", "select_per_class")
+                     if getattr(self, k)]
             return {named[0]: "needs distill.teacher: unlabelled text only trains through a teacher"} if named else {}
         missing = [str(p) for p in self.teacher if not p.exists()]
         if missing:
             return {"teacher": f"expected run folders, model folders or .jsonl files; found nothing at "
                                f"{', '.join(missing)}"}
-        if self.select_per_class is not None and self.unlabeled_file is None:
-            return {"select_per_class": "selects among unlabelled texts; set distill.unlabeled_file"}
+        for key in ("unlabeled_min_words", "select_per_class"):
+            if getattr(self, key) and self.unlabeled_file is None:
+                return {key: "selects among unlabelled texts; set distill.unlabeled_file"}
         if self.unlabeled_file is not None and not self.unlabeled_file.is_file():
             return {"unlabeled_file": f"expected a file of texts; found nothing at {self.unlabeled_file}"}
         if spec.strategy.name == "feature_extraction":
