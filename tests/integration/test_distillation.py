@@ -95,6 +95,9 @@ def test_a_self_trained_run_keeps_the_selected_unlabelled_texts_and_records_them
     assert set(kept) == {"negative", "positive"} and all(k["texts"] == 20 for k in kept.values()), kept
     assert all(k["min_probability"] == pytest.approx(0.9) for k in kept.values())
     assert facts["unlabeled"] == 120 and facts["transfer_texts"] == metrics["train_examples"] == 240 + 40
+    from tlscale.training.loop import _variants
+
+    assert _variants({"distill": facts}) == " (240 labelled + 40 unlabelled, the teacher's surest of 120)"
 
 
 def test_a_truncated_student_learns_from_a_run_folder_teacher_and_saves_an_ordinary_model(tmp_path, marker_data):

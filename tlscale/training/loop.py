@@ -199,8 +199,14 @@ def _variants(notes: dict) -> str:
         batches = notes["sampling"]["batches_per_epoch"]
         return " (" + ", ".join(f"{name} {part['train']:,} in {batches[name]} batches an epoch"
                                 for name, part in notes["tasks"].items()) + ")"
-    augment = notes.get("augment")
-    return f" ({augment['labelled']:,} labelled + {augment['variants']:,} augmented)" if augment else ""
+    augment, distill = notes.get("augment"), notes.get("distill")
+    parts = [f"{augment['labelled']:,} labelled", f"{augment['variants']:,} augmented"] if augment else []
+    if distill and distill.get("unlabeled"):  # the teacher's texts without labels
+        parts = parts or [f"{distill['labelled']:,} labelled"]
+        unlabelled = distill["transfer_texts"] - distill["labelled"] - (augment["variants"] if augment else 0)
+        chosen = f", the teacher's surest of {distill['unlabeled']:,}" if "selected" in distill else ""
+        parts.append(f"{unlabelled:,} unlabelled{chosen}")
+    return f" ({' + '.join(parts)})" if parts else ""
 
 
 def distribution_in_words(spec: JobSpec, world: int) -> str:
