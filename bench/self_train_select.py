@@ -98,11 +98,10 @@ def main() -> None:
     for row in rows:
         key = f"per_class={row['per_class']} epochs={row['epochs']}" + (
             f" min_words={row['min_words']}" if row.get("min_words") else "")
-        table.setdefault(key, {"setfit_teacher": [], **{f"round_{i + 1}": [] for i in range(len(row["rounds"]))}})
-        table[key]["setfit_teacher"].append(row["setfit_teacher"])
+        table.setdefault(key, {"setfit_teacher": []})["setfit_teacher"].append(row["setfit_teacher"])
         for i, r in enumerate(row["rounds"]):
             table[key].setdefault(f"round_{i + 1}", []).append(r["accuracy"])
-    summaries = {key: {name: seed_summary(values) for name, values in columns.items() if values}
+    summaries = {key: {name: seed_summary(values) for name, values in columns.items()}
                  for key, columns in table.items()}
     results_file.write_text(json.dumps({"scored_on": "validation split (800)" if args.validate else "dev (872)",
                                         "summary": summaries, "rows": rows}, indent=2) + "\n")
