@@ -348,7 +348,10 @@ def test_announced_preemption_takes_a_checkpoint_before_the_node_goes(tmp_path, 
             time.sleep(1)
         saved = list(checkpoints.glob("step-*"))
         assert len(saved) == 1, "no just-in-time checkpoint after the preemption notice"
-        reported = [c for c in (tmp_path / "preempted" / "ray").glob("*/checkpoint_*") if c.is_dir()]
+        ray_storage = tmp_path / "preempted" / "ray"
+        while time.monotonic() < deadline and not list(ray_storage.glob("*/checkpoint_*/trainer_state.json")):
+            time.sleep(1)  # handed to Ray just after it is written locally
+        reported = [c for c in ray_storage.glob("*/checkpoint_*") if c.is_dir()]
         assert reported and (reported[0] / "trainer_state.json").is_file()
     finally:
         run.kill()  # the group cannot be placed again on the one node left; the fixture stops the cluster
