@@ -17,6 +17,13 @@ rounding (batches differ): seed 0 through the config's commands scored 0.7122 on
     .venv/bin/python bench/self_train_select.py --validate --min-words 0 --seeds 2
     .venv/bin/python bench/self_train_select.py --validate --seeds 0 1 2
     .venv/bin/python bench/self_train_select.py                   # the chosen recipe, seeds 0-4, on dev
+
+--teacher imdb: the teacher is instead a new head on the frozen features of the encoder fine-tuned on 1,000
+labelled IMDB reviews (configs/sst2-minilm-from-imdb-fe.yaml; run configs/imdb-minilm-full.yaml first), a
+setting with more labelled data than issue 16's 16 per class; --student-init imdb starts the student from that
+encoder too (model.init_from). Results in results-self-train-select-sst2-from-imdb*.json.
+
+    .venv/bin/python bench/self_train_select.py --teacher imdb --student-init fresh imdb --validate --seeds 0 1
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from pathlib import Path
 from common import DATA, ROOT, seed_summary, sst2_sentence_split, tlscale_cli, train_config
 
 TEACHER = ROOT / "configs" / "sst2-minilm-setfit.yaml"
+IMDB_TEACHER = ROOT / "configs" / "sst2-minilm-from-imdb-fe.yaml"
+IMDB_RUN = ROOT / "runs" / "imdb-minilm-full"  # tlscale train configs/imdb-minilm-full.yaml
 STUDENT = ROOT / "configs" / "sst2-minilm-self-train-select.yaml"
 
 
@@ -43,6 +52,28 @@ def transfer_texts(data: list[str], seed: int, out: Path) -> Path:
     return out
 
 
+def setfit_teacher(runs: Path, seed: int, data: list[str], teacher_data: list[str]) -> tuple[Path, float]:
+    """The few-shot SetFit baseline's soft labels of the student's transfer texts, and its accuracy."""
+    labels = runs / f"setfit-seed{seed}.jsonl"
+    teacher_run = runs / f"setfit-seed{seed}"
+    if not labels.is_file():  # a rerun keeps the labels already made
+        texts = transfer_texts(data, seed, runs / f"transfer-seed{seed}.tsv")
+        tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *teacher_data,
+                    f"output_dir={teacher_run}", "--overwrite")
+        tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *teacher_data,
+                    f"output_dir={teacher_run}", "--label", str(texts), "--output", str(labels))
+    return labels, json.loads((teacher_run / "metrics.json").read_text())["eval"]["accuracy"]
+
+
+def imdb_teacher(runs: Path, seed: int, data: list[str], teacher_data: list[str]) -> tuple[Path, float]:
+    """A new head on the IMDB model's frozen features, fitted on the seed's 16 per class (a run folder)."""
+    teacher_run = runs / f"imdb-fe-seed{seed}"
+    if not (teacher_run / "metrics.json").is_file():
+        train_config(IMDB_TEACHER, *teacher_data, f"model.init_from={IMDB_RUN}", f"seed={seed}",
+                     f"output_dir={teacher_run}")
+    return teacher_run, json.loads((teacher_run / "metrics.json").read_text())["eval"]["accuracy"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "self-train-select")
@@ -52,8 +83,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="the students' epochs (default: the config's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--min-words", type=int, default=8, help="distill.unlabeled_min_words")
+    parser.add_argument("--teacher", choices=["setfit", "imdb"], default="setfit")
+    parser.add_argument("--student-init", choices=["fresh", "imdb"], nargs="+", default=["fresh"])
     args = parser.parse_args()
-    runs = args.runs / ("validate" if args.validate else "dev") / (f"min{args.min_words}w" if args.min_words else "")
+    imdb = args.teacher == "imdb"
+    if (imdb or "imdb" in args.student_init) and not (IMDB_RUN / "metrics.json").is_file():
+        raise SystemExit(f"{IMDB_RUN} is missing: run `tlscale train configs/imdb-minilm-full.yaml` first")
+    runs = args.runs / ("from-imdb" if imdb else "") / ("validate" if args.validate else "dev") / (
+        f"min{args.min_words}w" if args.min_words else "")
     runs.mkdir(parents=True, exist_ok=True)
     if args.validate:
         fit, val = sst2_sentence_split(runs / "split", rows=None, drop="phrase")
@@ -63,42 +100,41 @@ def main() -> None:
     teacher_data = list(data)  # the few-shot teacher's spec has no distill section
     data.append(f"distill.unlabeled_min_words={args.min_words}")
     epochs = [f"training.epochs={args.epochs}"] if args.epochs else []
-    results_file = ROOT / "bench" / f"results-self-train-select-sst2{'-validation' if args.validate else ''}.json"
+    results_file = ROOT / "bench" / (f"results-self-train-select-sst2{'-from-imdb' if imdb else ''}"
+                                      f"{'-validation' if args.validate else ''}.json")
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"rows": []}
+    teacher_key = "imdb_fe_teacher" if imdb else "setfit_teacher"
     rows = [r for r in results["rows"] if not (r["seed"] in args.seeds and r["per_class"] in args.per_class
                                                 and r.get("min_words", 0) == args.min_words
+                                                and r.get("student_init", "fresh") in args.student_init
                                                 and r["epochs"] == (args.epochs or "config"))]
     for seed in args.seeds:
-        labels = runs / f"setfit-seed{seed}.jsonl"
-        teacher_run = runs / f"setfit-seed{seed}"
-        if not labels.is_file():  # a rerun keeps the labels already made
-            texts = transfer_texts(data, seed, runs / f"transfer-seed{seed}.tsv")
-            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *teacher_data,
-                        f"output_dir={teacher_run}", "--overwrite")
-            tlscale_cli("fewshot", str(TEACHER), f"fewshot.seeds=[{seed}]", *teacher_data,
-                        f"output_dir={teacher_run}",
-                        "--label", str(texts), "--output", str(labels))
-        setfit = json.loads((teacher_run / "metrics.json").read_text())["eval"]["accuracy"]
+        first_teacher, accuracy = (imdb_teacher if imdb else setfit_teacher)(runs, seed, data, teacher_data)
         for per_class in args.per_class:
-            teacher, row = labels, {"seed": seed, "per_class": per_class, "epochs": args.epochs or "config",
-                                    "min_words": args.min_words, "setfit_teacher": round(setfit, 4), "rounds": []}
-            for round_ in range(1, args.rounds + 1):
-                out = runs / f"student-k{per_class}-e{args.epochs or 'c'}-r{round_}-seed{seed}"
-                metrics = train_config(STUDENT, *data, *epochs, f"seed={seed}", f"output_dir={out}",
-                                       f"distill.teacher=[{teacher}]", f"distill.select_per_class={per_class}")
-                distill = metrics["data"]["distill"]
-                row["rounds"].append({"accuracy": round(metrics["eval"]["accuracy"], 4),
-                                      "selected": distill.get("selected"), "transfer_texts": distill["transfer_texts"],
-                                      "train_runtime_s": metrics["train_runtime_s"]})
-                print(seed, per_class, round_, row["rounds"][-1], flush=True)
-                teacher = out
-            rows.append(row)
-            results_file.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+            for init in args.student_init:
+                teacher, row = first_teacher, {"seed": seed, "per_class": per_class, "epochs": args.epochs or "config",
+                                               "min_words": args.min_words, "student_init": init,
+                                               teacher_key: round(accuracy, 4), "rounds": []}
+                start = [f"model.init_from={IMDB_RUN}"] if init == "imdb" else []
+                for round_ in range(1, args.rounds + 1):
+                    out = runs / f"student-{init}-k{per_class}-e{args.epochs or 'c'}-r{round_}-seed{seed}"
+                    metrics = train_config(STUDENT, *data, *epochs, *start, f"seed={seed}", f"output_dir={out}",
+                                           f"distill.teacher=[{teacher}]", f"distill.select_per_class={per_class}")
+                    distill = metrics["data"]["distill"]
+                    row["rounds"].append({"accuracy": round(metrics["eval"]["accuracy"], 4),
+                                          "selected": distill.get("selected"),
+                                          "transfer_texts": distill["transfer_texts"],
+                                          "train_runtime_s": metrics["train_runtime_s"]})
+                    print(seed, per_class, init, round_, row["rounds"][-1], flush=True)
+                    teacher = out
+                rows.append(row)
+                results_file.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     table = {}
     for row in rows:
         key = f"per_class={row['per_class']} epochs={row['epochs']}" + (
-            f" min_words={row['min_words']}" if row.get("min_words") else "")
-        table.setdefault(key, {"setfit_teacher": []})["setfit_teacher"].append(row["setfit_teacher"])
+            f" min_words={row['min_words']}" if row.get("min_words") else "") + (
+            f" student_init={row['student_init']}" if row.get("student_init", "fresh") != "fresh" else "")
+        table.setdefault(key, {teacher_key: []})[teacher_key].append(row[teacher_key])
         for i, r in enumerate(row["rounds"]):
             table[key].setdefault(f"round_{i + 1}", []).append(r["accuracy"])
     summaries = {key: {name: seed_summary(values) for name, values in columns.items()}
