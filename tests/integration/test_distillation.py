@@ -262,3 +262,40 @@ def test_a_prompted_causal_lm_labels_the_transfer_set_and_a_student_learns_from_
     facts = metrics["data"]["distill"]
     assert facts["teachers"] == [{"soft_labels": str(soft)}]
     assert facts["teacher_train_accuracy"] == pytest.approx(agree, abs=1e-4)
+
+
+def test_a_fewshot_run_folder_teaches_what_its_labelled_file_says(tmp_path, marker_data):
+    """Self-training without a soft-label file: distill.teacher names a `tlscale fewshot` run of one seed, which
+    the student's process fits again on that seed's examples; its labels are those `fewshot --label` writes."""
+    import tlscale.runners  # noqa: F401  (registers the few-shot teacher, as in every training process)
+
+    fewshot = spec_for(tmp_path / "fs", marker_data, fewshot={"method": "linear_probe", "k": 8, "seeds": [3]})
+    fs_spec = write_spec(tmp_path / "fs.yaml", fewshot)
+    assert run_cli("fewshot", str(fs_spec)).returncode == 0
+    assert load_spec(tmp_path / "fs" / "spec.yaml").fewshot.seeds == [3]
+    raw = spec_for(tmp_path / "student", marker_data, distill={
+        "teacher": [str(tmp_path / "fs")], "unlabeled_file": str(marker_data["unlabeled"]), "select_per_class": 30})
+    spec = load_spec(write_spec(tmp_path / "student.yaml", raw))
+    examples, _ = transfer_examples(spec, _examples(marker_data["train"]), _examples(marker_data["dev"]))
+    outputs, facts = teacher_outputs(tmp_path / "fs", examples, spec, ["positive", "negative"], want_features=False)
+    assert facts["fewshot_method"] == "linear_probe" and facts["cache"] == "computed"
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("sentence\n" + "".join(t + "\n" for t in examples.texts))
+    labelled = run_cli("fewshot", str(fs_spec), "--label", str(texts), "--output", str(tmp_path / "soft.jsonl"))
+    assert labelled.returncode == 0, labelled.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "soft.jsonl").read_text().splitlines()]
+    expected = torch.tensor([[r["probabilities"]["positive"], r["probabilities"]["negative"]] for r in rows])
+    assert torch.allclose(outputs["log_probs"].exp(), expected, atol=1e-4)  # in the student's label order
+    metrics = train(tmp_path, "student", raw)
+    lineage = metrics["data"]["distill"]["teachers"][0]
+    assert lineage["cache"] == "reused" and lineage["run_eval"]["accuracy"] == pytest.approx(
+        json.loads((tmp_path / "fs" / "metrics.json").read_text())["eval"]["accuracy"])
+    assert metrics["train_examples"] == 240 + 60
+    # A run of several seeds names no one classifier.
+    several = write_spec(tmp_path / "fs2.yaml", {**fewshot, "output_dir": str(tmp_path / "fs2"),
+                                                 "fewshot": {**fewshot["fewshot"], "seeds": [3, 4]}})
+    assert run_cli("fewshot", str(several)).returncode == 0
+    bad = write_spec(tmp_path / "bad.yaml", {**raw, "distill": {**raw["distill"], "teacher": [str(tmp_path / "fs2")]}})
+    refused = run_cli("validate", str(bad))
+    assert refused.returncode == 2 and "ran seeds [3, 4]; a teacher is one seed's classifier" in refused.stdout + \
+        refused.stderr, refused.stdout + refused.stderr

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, run_cli, wait_for, write_spec
 
 
@@ -81,3 +83,30 @@ def test_ladder_runs_every_cell_retries_a_killed_one_and_reruns_only_what_change
     changed = {p for p, stamp in stamps.items() if p.stat().st_mtime != stamp}
     assert changed == {folder / "cells" / "full" / "k4" / f"seed{s}" / "run" / "metrics.json" for s in (0, 1)}
     assert json.loads((killed_cell / "run" / "metrics.json").read_text())["steps"] >= 8
+
+
+def test_a_self_trained_method_runs_after_its_teacher_and_costs_both(tmp_path, small_sst2):
+    """A `teacher:` entry: each student cell learns from its teacher cell (same budget and seed), a few-shot run
+    fitted again in the student's process; the student's train seconds count the teacher's; a changed teacher
+    recipe runs the student again too."""
+    train, dev = small_sst2
+    raw = ladder_spec(tmp_path, train, dev)
+    raw["ladder"].update(budgets=[4], seeds=[0], methods=[
+        "linear_probe", {"name": "full", "label": "self-trained", "teacher": "linear_probe",
+                         "overrides": [f"distill.unlabeled_file={train}", "distill.select_per_class=20"]}])
+    spec = write_spec(tmp_path / "ladder.yaml", raw)
+    result = run_cli("ladder", str(spec))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = tmp_path / "ladder"
+    teacher = json.loads((folder / "cells" / "linear_probe" / "k4" / "seed0" / "run" / "metrics.json").read_text())
+    student = json.loads((folder / "cells" / "self-trained" / "k4" / "seed0" / "run" / "metrics.json").read_text())
+    distill = student["data"]["distill"]
+    assert distill["teachers"][0]["fewshot_method"] == "linear_probe"
+    assert distill["teachers"][0]["run_eval"]["accuracy"] == teacher["eval"]["accuracy"]
+    assert distill["labelled"] == 8 and distill["teacher_train_accuracy"] == 1.0  # it fitted on those 8
+    assert student["train_examples"] == 8 + 40
+    rows = {r["method"]: r for r in json.loads((folder / "ladder.json").read_text())["rows"]}
+    assert rows["self-trained"]["train_seconds"] == pytest.approx(
+        student["train_runtime_s"] + teacher["seeds"]["0"]["train_seconds"], abs=0.02)
+    again = run_cli("ladder", str(spec), "fewshot.batch_size=16")  # the teacher's recipe only
+    assert again.returncode == 0 and "2 cells: 0 finished earlier, 2 to run" in again.stderr, again.stderr[-2000:]

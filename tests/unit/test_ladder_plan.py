@@ -126,3 +126,55 @@ def test_the_recommendation_is_the_cheapest_within_a_point_and_zero_shot_compete
     assert picks["all"]["method"] == "lora"
     line = recommendation_line(list(picks.values()), "accuracy")
     assert "8/class: zero_shot" in line and "all labels: lora (accuracy 0.851, 68 s, best full 0.860)" in line
+
+
+def self_training(train, **entry) -> list:
+    return ["setfit", {"name": "full", "label": "self-trained", "teacher": "setfit",
+                       "overrides": [f"distill.unlabeled_file={train}", "distill.select_per_class=10"], **entry}]
+
+
+def test_a_student_cell_is_taught_by_its_teachers_cell_of_the_same_labelled_examples(tmp_path, small_sst2):
+    from tlscale.data.classification import build_classification_data
+    from tlscale.fewshot.methods import METHODS
+    from tlscale.ladder.cells import planned_teacher
+
+    raw = ladder_spec(tmp_path, *small_sst2, methods=self_training(small_sst2[0]), budgets=[4], seeds=[0, 1])
+    spec = JobSpec.model_validate(raw)
+    cells = plan(spec, read_pool(spec), tmp_path / "ladder")
+    students = [c for c in cells if c.method == "self-trained"]
+    assert [(c.teacher.method, c.teacher.budget, c.teacher.seed) for c in students] == [("setfit", 4, 0),
+                                                                                         ("setfit", 4, 1)]
+    assert all(c.spec["distill"]["teacher"] == [str(c.teacher.run_dir)] for c in students)
+    assert all(c.spec["distill"]["select_per_class"] == 10 for c in students)
+    assert all(c.teacher is None for c in cells if c.method == "setfit")
+    student = students[1]  # the teacher fits on the very examples the student has labels for
+    with planned_teacher(student):  # (its teacher has not run)
+        labelled = build_classification_data(JobSpec.model_validate(student.spec).data, student.spec["seed"]).train
+    method = METHODS.get("setfit")(JobSpec.model_validate(student.teacher.spec))
+    texts, _, _, _ = method.training_examples(1)
+    assert sorted(texts) == sorted(labelled.texts) and len(texts) == 8
+
+
+@pytest.mark.parametrize("entry, fragments", [
+    ({"teacher": "setfitt"}, ["'self-trained' has teacher 'setfitt'", "another method (setfit, self-trained)"]),
+    ({"teacher": "self-trained"}, ["expected the label of another method"]),
+    ({"name": "linear_probe"}, ["the student must be a training method, not linear_probe"]),
+    ({"budgets": [4, "all"]}, ["ladder.methods[1] (self-trained).teacher", "no cell with all labelled examples"]),
+])
+def test_ladder_teacher_mistakes_exit_2(tmp_path, small_sst2, entry, fragments):
+    raw = ladder_spec(tmp_path, *small_sst2, methods=self_training(small_sst2[0], **entry), budgets=[4])
+    expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], *fragments)
+
+
+def test_a_student_whose_teacher_failed_is_reported_not_run(tmp_path, small_sst2):
+    from tlscale.ladder import _waves
+    from tlscale.ladder.execute import TEACHER_FAILED
+
+    raw = ladder_spec(tmp_path, *small_sst2, methods=self_training(small_sst2[0]), budgets=[4], seeds=[0])
+    spec = JobSpec.model_validate(raw)
+    teacher, student = plan(spec, read_pool(spec), tmp_path / "ladder")
+    reported = []
+    waves = _waves([teacher, student], lambda cell, outcome, retrying: reported.append((cell, outcome.returncode)))
+    assert next(waves) == [teacher]  # it runs, and fails: no metrics.json
+    assert next(waves) == [] and reported == [(student, TEACHER_FAILED)]
+    assert "its teacher setfit k=4 seed 0 has no finished run" in (student.folder / "log.txt").read_text()

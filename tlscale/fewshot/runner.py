@@ -11,7 +11,7 @@ import torch
 
 from tlscale.errors import ConfigError
 from tlscale.spec import JobSpec
-from tlscale.files import write_json_atomic, write_jsonl_atomic
+from tlscale.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 
 
@@ -24,7 +24,10 @@ def run_fewshot(spec: JobSpec, overwrite: bool = False, log=print) -> dict:
     if (out / "model").exists() or (out / "checkpoints").exists():
         raise ConfigError(f"output_dir: '{out}' holds a training run; give the few-shot job its own output_dir")
     with claim(out, overwrite=overwrite) as run_claim:
+        from tlscale.spec.loading import dump_spec
+
         metrics = _run_seeds(spec, out, log)
+        write_text_atomic(out / "spec.yaml", dump_spec(spec))  # what refits it (a distillation teacher)
         run_claim.succeeded()
     return metrics
 

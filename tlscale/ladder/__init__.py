@@ -61,10 +61,12 @@ def _dump(spec: JobSpec) -> str:
 
 def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
     from tlscale.files import write_json_atomic
-    from tlscale.ladder.execute import Outcome, run_local, run_on_ray
+    from tlscale.ladder.execute import TEACHER_FAILED, Outcome, run_local, run_on_ray
 
     ladder = spec.ladder
     pending = [c for c in cells if not c.done()]
+    pending += [c for c in cells if c not in pending and c.teacher in pending]  # a teacher running again
+    pending = [c for c in cells if c in pending]  # (in table order)
     how = {"local": "one after another", "ray": "as Ray tasks", "service": "as jobs of the service"}[ladder.runner]
     log(f"{len(cells)} cells: {len(cells) - len(pending)} finished earlier, {len(pending)} to run ({how})")
     counter = {"n": 0}
@@ -83,11 +85,14 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
         head = f"[{counter['n']}/{len(pending)}] {cell.key}:"
         if outcome.returncode == 0:
             log(f"{head} {_figure(cell, spec)} ({outcome.seconds:.0f} s)")
+        elif outcome.returncode == TEACHER_FAILED:
+            log(f"{head} not run: its teacher {cell.teacher.key} failed")
         else:
             log(f"{head} failed, exit {outcome.returncode} (log: {cell.folder / 'log.txt'})")
 
     if ladder.runner == "ray":
-        run_on_ray(pending, ladder.retries, report, ladder.address, ladder.cpus_per_cell)
+        for wave in _waves(pending, report):
+            run_on_ray(wave, ladder.retries, report, ladder.address, ladder.cpus_per_cell)
     elif ladder.runner == "service":
         from tlscale.ladder.service import run_on_service
 
@@ -98,8 +103,26 @@ def _run(spec: JobSpec, cells, folder: Path, log) -> dict:
                 "(`tlscale jobs cancel JOB --server ...` stops one; each cell's job.json names its jobs)")
             raise
     else:
-        run_local(pending, ladder.retries, report)
+        for wave in _waves(pending, report):
+            run_local(wave, ladder.retries, report)
     return outcomes
+
+
+def _waves(pending: list, report):
+    """The cells without a teacher, then those whose teacher has finished (the others are reported failed)."""
+    from tlscale.ladder.execute import TEACHER_FAILED, Outcome
+
+    yield [c for c in pending if c.teacher is None]
+    students = []
+    for cell in (c for c in pending if c.teacher is not None):
+        if (cell.teacher.run_dir / "metrics.json").is_file():
+            students.append(cell)
+        else:
+            cell.folder.mkdir(parents=True, exist_ok=True)
+            with (cell.folder / "log.txt").open("a") as log:
+                log.write(f"not run: its teacher {cell.teacher.key} has no finished run\n")
+            report(cell, Outcome(TEACHER_FAILED, 0.0, None), retrying=False)
+    yield students
 
 
 def _figure(cell, spec: JobSpec) -> str:

@@ -3,6 +3,7 @@ into the ladder folder so that a cell can be rerun, inspected or compared like a
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class Cell:
     seed: int
     spec: dict
     folder: Path
+    teacher: Cell | None = None  # the cell whose run teaches this one (ladder.methods[].teacher)
 
     @property
     def command(self) -> str:
@@ -58,11 +60,24 @@ class Cell:
         older way, or added since with its default, is not a new recipe)."""
         if not self.spec_file.is_file():
             return False
-        try:
-            written = JobSpec.model_validate(yaml.safe_load(self.spec_file.read_text()))
-        except Exception:  # unreadable or no longer valid: run the cell again
-            return False
-        return written.model_dump(mode="json") == JobSpec.model_validate(self.spec).model_dump(mode="json")
+        with planned_teacher(self):
+            try:
+                written = JobSpec.model_validate(yaml.safe_load(self.spec_file.read_text()))
+            except Exception:  # unreadable or no longer valid: run the cell again
+                return False
+            return written.model_dump(mode="json") == JobSpec.model_validate(self.spec).model_dump(mode="json")
+
+
+@contextmanager
+def planned_teacher(cell: Cell):
+    """Validate a student cell's spec as its teacher's run will find it: there (it may not have run yet)."""
+    from tlscale.tasks.distillation import PLANNED_TEACHERS
+
+    token = PLANNED_TEACHERS.set(frozenset([cell.teacher.run_dir]) if cell.teacher else frozenset())
+    try:
+        yield
+    finally:
+        PLANNED_TEACHERS.reset(token)
 
 
 def read_pool(spec: JobSpec) -> Pool:
@@ -101,8 +116,20 @@ def plan(spec: JobSpec, pool: Pool, ladder_dir: Path) -> list[Cell]:
                 raw = cell_spec(base, spec, entry, budget, seed, pool)
                 where = folder / f"k{budget}" / f"seed{seed}"
                 raw["output_dir"] = str(where / "run")
-                _check(raw, f"ladder.methods[{index}] ({entry.shown})")
                 cells.append(Cell(entry.shown, entry.name, budget, seed, raw, where))
+    by_key = {(c.method, c.budget, c.seed): c for c in cells}
+    for cell in cells:
+        index, entry = next((i, m) for i, m in enumerate(ladder.methods) if m.shown == cell.method)
+        where = f"ladder.methods[{index}] ({entry.shown})"
+        if entry.teacher is not None:
+            cell.teacher = by_key.get((entry.teacher, cell.budget, cell.seed))
+            if cell.teacher is None:
+                raise ConfigError(f"{where}.teacher: '{entry.teacher}' has no cell with {cell.budget} labelled "
+                                  f"examples per class and seed {cell.seed} to teach this one's; give both the "
+                                  "same budgets (few-shot methods have no 'all')")
+            cell.spec["distill"] = {**(cell.spec.get("distill") or {}), "teacher": [str(cell.teacher.run_dir)]}
+        with planned_teacher(cell):
+            _check(cell.spec, where)
     return cells
 
 

@@ -14,6 +14,7 @@ import yaml
 from tlscale.ladder.cells import Cell
 
 USER_ERROR = 2
+TEACHER_FAILED = -2  # a student cell's outcome when its teacher's cell did not finish (it was not run)
 
 
 @dataclass

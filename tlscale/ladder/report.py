@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tlscale.ladder.cells import Cell, Pool
-from tlscale.ladder.execute import Outcome
+from tlscale.ladder.execute import TEACHER_FAILED, Outcome
 
 NEAR_BEST = 0.01  # "within 1 point of the best"
 
@@ -48,6 +48,14 @@ def cell_figures(cell: Cell, metric: str) -> dict | None:
             "eval_n": metrics.get("eval_examples"), "eval_sha256": data.get("eval_sha256")}
 
 
+def with_teacher_cost(cell: Cell, figures: dict | None, metric: str) -> dict | None:
+    """A student's training time counts its teacher's: the method's cost is both."""
+    teacher = cell_figures(cell.teacher, metric) if cell.teacher is not None and figures is not None else None
+    if teacher is None:
+        return figures
+    return {**figures, "train_seconds": figures["train_seconds"] + teacher["train_seconds"]}
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
@@ -63,7 +71,7 @@ def summarize(cells: list[Cell], outcomes: dict[str, Outcome], metric: str, late
         groups.setdefault((cell.method, cell.budget), []).append(cell)
     rows = []
     for (method, budget), members in groups.items():
-        figures = [(c, cell_figures(c, metric)) for c in members]
+        figures = [(c, with_teacher_cost(c, cell_figures(c, metric), metric)) for c in members]
         done = [f for _, f in figures if f is not None and f["value"] is not None]
         mean, std = _mean_std([f["value"] for f in done])
         peaks = [outcomes[c.key].peak_rss_mb for c, f in figures if f is not None and c.key in outcomes
@@ -86,7 +94,10 @@ def summarize(cells: list[Cell], outcomes: dict[str, Outcome], metric: str, late
 
 def _failure(cell: Cell, outcomes: dict[str, Outcome]) -> str:
     outcome = outcomes.get(cell.key)
-    what = "not run" if outcome is None else f"exit {outcome.returncode} after {outcome.attempts} attempt(s)"
+    if outcome is None or outcome.returncode == TEACHER_FAILED:
+        what = "not run" if outcome is None else "not run: its teacher failed"
+    else:
+        what = f"exit {outcome.returncode} after {outcome.attempts} attempt(s)"
     return f"{what} (log: {cell.folder / 'log.txt'})"
 
 

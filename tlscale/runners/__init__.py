@@ -2,7 +2,16 @@
 from tlscale.runners import local, ray_runner  # noqa: F401  (registers)
 from tlscale.runners.base import RUNNERS, RunOptions, WorkerFailed
 from tlscale.spec import JobSpec
+from tlscale.tasks.distillation import TEACHER_SCORERS
 from tlscale.training.run import RunResult
+
+
+@TEACHER_SCORERS.register("fewshot")
+def _fewshot_teacher(folder, examples, spec, want_features: bool) -> dict:
+    """A few-shot run folder teaching a student (imported here, in every training process, when one does)."""
+    from tlscale.fewshot.teacher import label_transfer_texts
+
+    return label_transfer_texts(folder, examples, spec, want_features)
 
 
 def run_training(spec: JobSpec, options: RunOptions | None = None, **settings) -> RunResult | None:

@@ -535,6 +535,10 @@ class LadderMethod(Section):
                                  "cells, e.g. training.lr=5e-4 or strategy.r=16.")
     budgets: list[PositiveInt | Literal["all"]] | None = Field(
         None, description="This method's budgets (default: the ladder's), for a method too slow for the largest.")
+    teacher: str | None = Field(None, description="Self-training or distillation: the label of another method "
+                                "whose cell of the same budget and seed teaches each of this one's "
+                                "(distill.teacher; the rest of distill, e.g. unlabeled_file and "
+                                "select_per_class, in overrides). Its cells run after their teachers'.")
 
     @field_validator("name")
     @classmethod
@@ -601,6 +605,22 @@ class LadderSpec(Section):
             raise ValueError("budgets and seeds: expected each value once")
         if "prompt" in [m.name for m in self.methods] and self.prompt_model is None:
             raise ValueError("methods: 'prompt' needs ladder.prompt_model (a causal LM)")
+        by_label = {m.shown: m for m in self.methods}
+        for m in self.methods:
+            if m.teacher is None:
+                continue
+            teacher = by_label.get(m.teacher)
+            where = f"methods: '{m.shown}' has teacher '{m.teacher}'"
+            if teacher is None or teacher is m:
+                raise ValueError(f"{where}; expected the label of another method ({', '.join(by_label)})")
+            if teacher.teacher is not None:
+                raise ValueError(f"{where}, which has a teacher of its own; one generation per ladder")
+            if m.name in LADDER_FEWSHOT_METHODS:
+                raise ValueError(f"{where}; a teacher trains a student's encoder: the student must be a training "
+                                 f"method, not {m.name}")
+            if self.runner == "service":
+                raise ValueError(f"{where}; teachers run with runner local or ray (a service's runs stay on "
+                                 "its server)")
         return self
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +23,18 @@ from tlscale.data.batching import Encoded, no_grad, sequential_batches
 from tlscale.data.classification import Examples, read_examples
 from tlscale.errors import ConfigError, DataError
 from tlscale.files import cache_root
+from tlscale.registry import Registry
 from tlscale.spec.schema import TaskOptions, UserPath
 
 if TYPE_CHECKING:  # torch loads when a model runs, not when a spec or its data is checked
     import torch
 
 UNLABELLED = -100  # the label of a transfer text without one: only the teacher's terms train on it
+# Teachers scored by a layer above this one: "fewshot" (tlscale.fewshot.teacher, registered by tlscale.runners):
+# (run folder, transfer examples, student spec, want_features) -> {"log_probs", "label_names"}
+TEACHER_SCORERS: Registry = Registry("distillation teacher")
+# Teachers a ladder will have run before this student trains (its cells are planned before any runs)
+PLANNED_TEACHERS: ContextVar[frozenset[Path]] = ContextVar("PLANNED_TEACHERS", default=frozenset())
 
 
 class DistillOptions(TaskOptions):
@@ -37,7 +44,9 @@ class DistillOptions(TaskOptions):
         [], description="Teachers: tlscale run folders, saved classifier folders (a tlscale model or any "
         "transformers *ForSequenceClassification), or JSONL files of soft labels, one row per transfer text: "
         "{\"text\": ..., \"probabilities\": {label: p}} (what `tlscale predict` writes, e.g. for a prompted LLM's "
-        "labels). Several: their probabilities are averaged (an ensemble). Empty: no distillation.")
+        "labels), or a `tlscale fewshot` run folder of one seed (its method is fitted again on that seed's "
+        "labelled examples and labels the transfer texts: self-training). Several: their probabilities are "
+        "averaged (an ensemble). Empty: no distillation.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the cross-entropy on gold labels; 1 - alpha "
                          "weighs matching the teacher (T^2 * KL at temperature T). 0: the teacher only.")
     temperature: float = Field(2.0, gt=0.0, le=100.0, description="Softens teacher and student distributions "
@@ -67,10 +76,16 @@ class DistillOptions(TaskOptions):
             named = [k for k in ("unlabeled_file", "unlabeled_limit", "unlabeled_min_words", "select_per_class")
                      if getattr(self, k)]
             return {named[0]: "needs distill.teacher: unlabelled text only trains through a teacher"} if named else {}
-        missing = [str(p) for p in self.teacher if not p.exists()]
+        missing = [str(p) for p in self.teacher if not p.exists() and p not in PLANNED_TEACHERS.get()]
         if missing:
             return {"teacher": f"expected run folders, model folders or .jsonl files; found nothing at "
                                f"{', '.join(missing)}"}
+        fewshot = [p for p in self.teacher if is_fewshot_run(p)]
+        if fewshot and self.hidden_weight:
+            return {"hidden_weight": f"needs model teachers; '{fewshot[0]}' is a few-shot run"}
+        for run in fewshot:
+            if problem := one_seed_problem(run):
+                return {"teacher": problem}
         for key in ("unlabeled_min_words", "select_per_class"):
             if getattr(self, key) and self.unlabeled_file is None:
                 return {key: "selects among unlabelled texts; set distill.unlabeled_file"}
@@ -213,8 +228,15 @@ def teacher_outputs(teacher: Path, examples: Examples, spec, label_names: list[s
     metrics.json records about this teacher."""
     if teacher.suffix == ".jsonl":
         return soft_label_file(teacher, examples, label_names), {"soft_labels": str(teacher)}
-    folder, facts = model_folder(teacher)
-    key = cache_key(folder, examples, spec.model.max_length, want_features)
+    if is_fewshot_run(teacher):
+        fewshot_spec(teacher)  # (one seed, text classification)
+        folder, facts = teacher, fewshot_facts(teacher)
+        key = cache_key(folder, examples, 0, False, extra=(teacher / "spec.yaml").read_bytes())
+        score = TEACHER_SCORERS.get("fewshot", field="distill.teacher")
+    else:
+        folder, facts = model_folder(teacher)
+        key = cache_key(folder, examples, spec.model.max_length, want_features)
+        score = score_with_model
     cached = cache_dir() / f"{key}.pt"
     import torch
 
@@ -222,7 +244,7 @@ def teacher_outputs(teacher: Path, examples: Examples, spec, label_names: list[s
         outputs = torch.load(cached)
         facts["cache"] = "reused"
     else:
-        outputs = score_with_model(folder, examples, spec, want_features)
+        outputs = score(folder, examples, spec, want_features)
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         torch.save(outputs, tmp)
@@ -245,8 +267,8 @@ def model_folder(teacher: Path) -> tuple[Path, dict]:
         facts["run_eval"] = {k: v for k, v in metrics.get("eval", {}).items() if k in ("accuracy", "f1_macro")}
         teacher = teacher / "model"
     if not (teacher / "config.json").is_file():
-        raise ConfigError(f"distill.teacher: '{teacher}' is neither a tlscale run folder, a saved model folder "
-                          "(config.json) nor a .jsonl file of soft labels")
+        raise ConfigError(f"distill.teacher: '{teacher}' is neither a tlscale run folder (trained or few-shot), a "
+                          "saved model folder (config.json) nor a .jsonl file of soft labels")
     return teacher, facts
 
 
@@ -254,9 +276,10 @@ def cache_dir() -> Path:
     return cache_root() / "teacher"
 
 
-def cache_key(folder: Path, examples: Examples, max_length: int, features: bool) -> str:
-    """Changes with the teacher's weights (their files' sizes and times), the texts and the length."""
-    digest = hashlib.sha256(f"{folder.resolve()}|{max_length}|{features}".encode())
+def cache_key(folder: Path, examples: Examples, max_length: int, features: bool, extra: bytes = b"") -> str:
+    """Changes with the teacher's weights (their files' sizes and times), the texts and the length (and, for a
+    few-shot teacher, its spec)."""
+    digest = hashlib.sha256(f"{folder.resolve()}|{max_length}|{features}".encode() + extra)
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -304,6 +327,45 @@ def score_with_model(folder: Path, examples: Examples, spec, want_features: bool
     if features is not None:
         outputs["features"] = features
     return outputs
+
+
+def is_fewshot_run(path: Path) -> bool:
+    """A `tlscale fewshot` run folder: its metrics name the method, its spec has a fewshot section."""
+    if not (path / "spec.yaml").is_file() or not (path / "metrics.json").is_file() or (path / "model").exists():
+        return False
+    try:
+        return "method" in json.loads((path / "metrics.json").read_text())
+    except ValueError:
+        return False
+
+
+def fewshot_spec(folder: Path):
+    """The few-shot run's spec; one seed (the classifier it names), text classification."""
+    from tlscale.spec.loading import load_spec
+
+    if problem := one_seed_problem(folder):
+        raise ConfigError(f"distill.teacher: {problem}")
+    return load_spec(folder / "spec.yaml")
+
+
+def one_seed_problem(folder: Path) -> str | None:
+    """Why a few-shot run cannot teach, if it cannot: a teacher is one seed's text classifier."""
+    import yaml
+
+    raw = yaml.safe_load((folder / "spec.yaml").read_text()) or {}
+    seeds = (raw.get("fewshot") or {}).get("seeds") or []
+    if raw.get("task") != "text_classification":
+        return f"'{folder}' is a {raw.get('task')} few-shot run; a teacher classifies text"
+    if len(seeds) != 1:
+        return (f"few-shot run '{folder}' ran seeds {seeds}; a teacher is one seed's classifier: run it with "
+                "fewshot.seeds=[S]")
+    return None
+
+
+def fewshot_facts(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"teacher": str(folder), "fewshot_method": metrics["method"],
+            "run_eval": {k: v for k, v in metrics.get("eval", {}).items() if k in ("accuracy", "f1_macro")}}
 
 
 def _is_plain(folder: Path) -> bool:
