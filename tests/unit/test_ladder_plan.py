@@ -146,6 +146,8 @@ def test_a_student_cell_is_taught_by_its_teachers_cell_of_the_same_labelled_exam
                                                                                          ("setfit", 4, 1)]
     assert all(c.spec["distill"]["teacher"] == [str(c.teacher.run_dir)] for c in students)
     assert all(c.spec["distill"]["select_per_class"] == 10 for c in students)
+    # min_steps 6 at batch 8: 8 labelled + 20 selected texts are 4 steps an epoch (not 1)
+    assert [c.spec["training"]["epochs"] for c in students] == [2, 2]
     assert all(c.teacher is None for c in cells if c.method == "setfit")
     student = students[1]  # the teacher fits on the very examples the student has labels for
     with planned_teacher(student):  # (its teacher has not run)

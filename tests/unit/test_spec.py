@@ -27,7 +27,8 @@ TEACHER_MISSING = "distill.teacher: expected run folders, model folders or .json
 NEEDS_A_RUN = {"sst2-minilm-distill": TEACHER_MISSING, "sst2-minilm-self-train": TEACHER_MISSING,
                "sst2-minilm-self-train-select": TEACHER_MISSING,
                "sst2-minilm-ladder-from-imdb": "model.init_from: expected a run folder or a saved model folder",
-               "sst2-minilm-from-imdb-fe": "model.init_from: expected a run folder or a saved model folder"}
+               "sst2-minilm-from-imdb-fe": "model.init_from: expected a run folder or a saved model folder",
+               "sst2-minilm-ladder-self-train": "model.init_from: expected a run folder or a saved model folder"}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)

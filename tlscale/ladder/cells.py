@@ -167,9 +167,24 @@ def cell_spec(base: dict, spec: JobSpec, entry: LadderMethod, budget, seed: int,
     training = raw["training"]
     examples = pool.train_examples if budget == "all" else budget * pool.classes
     examples *= 1 + (raw["data"].get("augment") or {}).get("copies", 0)  # (at most: repeated variants are dropped)
+    examples += unlabelled_texts(raw.get("distill") or {}, pool)  # a student's transfer set (at most)
     steps_per_epoch = math.ceil(examples / (training["batch_size"] * training.get("grad_accum_steps", 1)))
     training["epochs"] = max(training["epochs"], math.ceil(ladder.min_steps / steps_per_epoch))
     return raw
+
+
+def unlabelled_texts(distill: dict, pool: Pool) -> int:
+    """How many unlabelled texts a student cell learns from, at most (its epochs follow)."""
+    if not distill.get("unlabeled_file"):
+        return 0
+    if distill.get("select_per_class"):
+        return distill["select_per_class"] * pool.classes
+    try:
+        with open(distill["unlabeled_file"], "rb") as f:
+            rows = max(0, sum(1 for _ in f) - 1)
+    except OSError:  # (validation names a missing file)
+        return 0
+    return min(rows, distill.get("unlabeled_limit") or rows)
 
 
 def _check(raw: dict, where: str) -> None:
