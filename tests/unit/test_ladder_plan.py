@@ -157,14 +157,15 @@ def test_a_student_cell_is_taught_by_its_teachers_cell_of_the_same_labelled_exam
     assert sorted(texts) == sorted(labelled.texts) and len(texts) == 8
 
 
-@pytest.mark.parametrize("entry, fragments", [
-    ({"teacher": "setfitt"}, ["'self-trained' has teacher 'setfitt'", "another method (setfit, self-trained)"]),
-    ({"teacher": "self-trained"}, ["expected the label of another method"]),
-    ({"name": "linear_probe"}, ["the student must be a training method, not linear_probe"]),
-    ({"budgets": [4, "all"]}, ["ladder.methods[1] (self-trained).teacher", "no cell with all labelled examples"]),
+@pytest.mark.parametrize("entry, ladder, fragments", [
+    ({"teacher": "setfitt"}, {}, ["'self-trained' has teacher 'setfitt'", "another method (setfit, self-trained)"]),
+    ({"teacher": "self-trained"}, {}, ["expected the label of another method"]),
+    ({"name": "linear_probe"}, {}, ["the student must be a training method, not linear_probe"]),
+    ({"budgets": [4, "all"]}, {}, ["ladder.methods[1] (self-trained).teacher", "no cell with all labelled examples"]),
+    ({}, {"runner": "service", "server": "http://127.0.0.1:9"}, ["teachers run with runner local or ray"]),
 ])
-def test_ladder_teacher_mistakes_exit_2(tmp_path, small_sst2, entry, fragments):
-    raw = ladder_spec(tmp_path, *small_sst2, methods=self_training(small_sst2[0], **entry), budgets=[4])
+def test_ladder_teacher_mistakes_exit_2(tmp_path, small_sst2, entry, ladder, fragments):
+    raw = ladder_spec(tmp_path, *small_sst2, methods=self_training(small_sst2[0], **entry), budgets=[4], **ladder)
     expect_error(["validate", write_spec(tmp_path / "spec.yaml", raw)], *fragments)
 
 
