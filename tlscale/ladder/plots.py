@@ -32,9 +32,13 @@ def plot_learning_curve(path: Path, rows: list[Row], metric: str, majority: floa
             continue
         xs, means, stds = zip(*points)
         color = COLORS[i % len(COLORS)]
+        if len(points) == 1:  # no band at one budget: an error bar, set a little apart from the other methods'
+            xs = (xs[0] * 1.04 ** (i - (len(methods) - 1) / 2),)
         ax.plot(xs, means, "o-", color=color, linewidth=1.8, markersize=4, label=method)
         ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                         color=color, alpha=0.15, linewidth=0)
+        if len(points) == 1:  # a band needs two budgets: one point shows its spread as an error bar
+            ax.errorbar(xs, means, yerr=stds, fmt="none", ecolor=color, capsize=4, linewidth=1.2)
     ax.axhline(majority, color="grey", linestyle=":", linewidth=1.2, label=f"majority class {majority:.3f}")
     zero = [r for r in rows if r.budget == 0 and r.mean is not None]
     for r in zero:
@@ -103,4 +107,4 @@ def plot_cost_quality(path: Path, rows: list[Row], metric: str, title: str) -> N
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.74, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)  # long method names in the key stay whole
