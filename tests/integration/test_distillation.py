@@ -299,3 +299,6 @@ def test_a_fewshot_run_folder_teaches_what_its_labelled_file_says(tmp_path, mark
     refused = run_cli("validate", str(bad))
     assert refused.returncode == 2 and "ran seeds [3, 4]; a teacher is one seed's classifier" in refused.stdout + \
         refused.stderr, refused.stdout + refused.stderr
+    (tmp_path / "fs2" / "spec.yaml").unlink()  # a few-shot run from before runs kept their spec
+    with pytest.raises(ConfigError, match="did not keep its spec.yaml; run `tlscale fewshot` again"):
+        teacher_outputs(tmp_path / "fs2", examples, spec, ["positive", "negative"], want_features=False)

@@ -231,7 +231,8 @@ def teacher_outputs(teacher: Path, examples: Examples, spec, label_names: list[s
     if is_fewshot_run(teacher):
         fewshot_spec(teacher)  # (one seed, text classification)
         folder, facts = teacher, fewshot_facts(teacher)
-        key = cache_key(folder, examples, 0, False, extra=(teacher / "spec.yaml").read_bytes())
+        rerun = str((teacher / "metrics.json").stat().st_mtime_ns).encode()  # (its data may have changed)
+        key = cache_key(folder, examples, 0, False, extra=(teacher / "spec.yaml").read_bytes() + rerun)
         score = TEACHER_SCORERS.get("fewshot", field="distill.teacher")
     else:
         folder, facts = model_folder(teacher)
@@ -266,6 +267,10 @@ def model_folder(teacher: Path) -> tuple[Path, dict]:
         metrics = json.loads((teacher / "metrics.json").read_text())
         facts["run_eval"] = {k: v for k, v in metrics.get("eval", {}).items() if k in ("accuracy", "f1_macro")}
         teacher = teacher / "model"
+    if (teacher / "metrics.json").is_file() and not (teacher / "spec.yaml").is_file() and \
+            "method" in json.loads((teacher / "metrics.json").read_text()):
+        raise ConfigError(f"distill.teacher: '{teacher}' is a few-shot run from a tlscale that did not keep its "
+                          "spec.yaml; run `tlscale fewshot` again with --overwrite")
     if not (teacher / "config.json").is_file():
         raise ConfigError(f"distill.teacher: '{teacher}' is neither a tlscale run folder (trained or few-shot), a "
                           "saved model folder (config.json) nor a .jsonl file of soft labels")
