@@ -160,18 +160,24 @@ def submit_and_wait(cluster, spec: Path, working_dir: Path, timeout_s: float = 4
 
 def test_ladder_cells_run_as_ray_tasks_spread_over_the_nodes(tmp_path, cluster, rows):
     """runner ray: the pending cells go to the cluster at once, one CPU each, spread over the nodes (before the
-    tests below kill workers and drain a node)."""
+    tests below kill workers and drain a node); students (teacher:) go as a second wave, once their teachers ran."""
     raw = tiny_spec(tmp_path / "ladder", *rows, training={"epochs": 1, "batch_size": 8, "lr": 1e-3})
-    raw["ladder"] = {"methods": ["full"], "budgets": [4], "seeds": [0, 1, 2, 3], "min_steps": 4, "runner": "ray",
-                     "address": cluster["address"]}
+    raw["ladder"] = {"methods": ["full", {"name": "full", "label": "student", "teacher": "full"}], "budgets": [4],
+                     "seeds": [0, 1, 2, 3], "min_steps": 4, "runner": "ray", "address": cluster["address"]}
     result = cli_ok("ladder", write_spec(tmp_path / "ladder.yaml", raw), timeout=600)
-    assert "4 cells: 0 finished earlier, 4 to run (as Ray tasks)" in result.stderr
+    assert "8 cells: 0 finished earlier, 8 to run (as Ray tasks)" in result.stderr
     outcomes = json.loads((tmp_path / "ladder" / "outcomes.json").read_text())
-    assert sorted(outcomes) == [f"full k=4 seed {s}" for s in range(4)]
+    assert sorted(outcomes) == [f"{m} k=4 seed {s}" for m in ("full", "student") for s in range(4)]
     assert all(o["returncode"] == 0 for o in outcomes.values())
     assert len({o["node"] for o in outcomes.values()}) == 2  # both nodes took cells
     ladder = json.loads((tmp_path / "ladder" / "ladder.json").read_text())
-    assert ladder["eval"]["same"] is True and ladder["rows"][0]["seeds"] == 4
+    assert ladder["eval"]["same"] is True and [r["seeds"] for r in ladder["rows"]] == [4, 4]
+    cells = tmp_path / "ladder" / "cells"
+    for seed in range(4):
+        teacher, student = (cells / m / "k4" / f"seed{seed}" / "run" for m in ("full", "student"))
+        lineage = json.loads((student / "metrics.json").read_text())["data"]["distill"]["teachers"][0]
+        assert lineage["teacher"] == str(teacher)
+        assert (student / "spec.yaml").stat().st_mtime > (teacher / "metrics.json").stat().st_mtime
 
 
 def test_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp_path, cluster, rows):
