@@ -8,7 +8,8 @@ from tlscale.training.run import RunResult
 
 @TEACHER_SCORERS.register("fewshot")
 def _fewshot_teacher(folder, examples, spec, want_features: bool) -> dict:
-    """A few-shot run folder teaching a student (imported here, in every training process, when one does)."""
+    """A few-shot run folder as a student's teacher: registered here, where every training process passes; the
+    few-shot code (and torch) loads only when such a teacher is used."""
     from tlscale.fewshot.teacher import label_transfer_texts
 
     return label_transfer_texts(folder, examples, spec, want_features)
