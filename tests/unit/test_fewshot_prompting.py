@@ -240,3 +240,16 @@ def test_qa_prompting_generates_answers_scored_by_squad(tmp_path):
     for row in map(json.loads, (tmp_path / "qa" / "prompts.jsonl").read_text().splitlines()):
         demo_question = row["prompt"].split("\n")[0].removeprefix("Question: ")
         assert demo_question not in held_out
+
+
+def test_one_seeds_table_shows_no_spread():
+    from rich.console import Console
+
+    from tlscale.fewshot.runner import results_table
+
+    metrics = {"method": "setfit", "model": "m", "task": "text_classification", "fewshot": {"k": 16},
+               "eval": {"seeds": 1, "accuracy": 0.7, "accuracy_std": 0.0}, "seeds": {"0": {"accuracy": 0.7}}}
+    console = Console(width=200, record=True)
+    console.print(results_table(metrics))
+    text = console.export_text()
+    assert "k=16, 1 seed)" in text and "mean ± std" not in text and "0.7000" in text

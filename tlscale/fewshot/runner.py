@@ -80,15 +80,17 @@ def results_table(metrics: dict):
     from rich.table import Table
 
     keys = [k for k in headline_metrics(metrics["task"]) if k in metrics["eval"]]
+    seeds = metrics["eval"]["seeds"]
     table = Table(title=f"{metrics['method']} on {metrics['model']} ({metrics['task']}, "
-                        f"k={metrics['fewshot']['k']}, {metrics['eval']['seeds']} seeds)", title_justify="left")
+                        f"k={metrics['fewshot']['k']}, {seeds} seed{'s' if seeds != 1 else ''})", title_justify="left")
     table.add_column("seed")
     for key in keys:
         table.add_column(key, justify="right")
     for seed, values in metrics["seeds"].items():
         table.add_row(seed, *(f"{values[k]:.4f}" for k in keys))
-    table.add_row("mean ± std", *(f"{metrics['eval'][k]:.4f} ± {metrics['eval'][k + '_std']:.4f}" for k in keys),
-                  style="bold")
+    if seeds > 1:  # (one seed has no spread to show)
+        table.add_row("mean ± std", *(f"{metrics['eval'][k]:.4f} ± {metrics['eval'][k + '_std']:.4f}" for k in keys),
+                      style="bold")
     return table
 
 
