@@ -229,7 +229,8 @@ def teacher_outputs(teacher: Path, examples: Examples, spec, label_names: list[s
     if teacher.suffix == ".jsonl":
         return soft_label_file(teacher, examples, label_names), {"soft_labels": str(teacher)}
     if is_fewshot_run(teacher):
-        fewshot_spec(teacher)  # (one seed, text classification)
+        if problem := one_seed_problem(teacher):  # (the scorer loads its spec)
+            raise ConfigError(f"distill.teacher: {problem}")
         folder, facts = teacher, fewshot_facts(teacher)
         rerun = str((teacher / "metrics.json").stat().st_mtime_ns).encode()  # (its data may have changed)
         key = cache_key(folder, examples, 0, False, extra=(teacher / "spec.yaml").read_bytes() + rerun)
@@ -267,10 +268,6 @@ def model_folder(teacher: Path) -> tuple[Path, dict]:
         metrics = json.loads((teacher / "metrics.json").read_text())
         facts["run_eval"] = {k: v for k, v in metrics.get("eval", {}).items() if k in ("accuracy", "f1_macro")}
         teacher = teacher / "model"
-    if (teacher / "metrics.json").is_file() and not (teacher / "spec.yaml").is_file() and \
-            "method" in json.loads((teacher / "metrics.json").read_text()):
-        raise ConfigError(f"distill.teacher: '{teacher}' is a few-shot run from a tlscale that did not keep its "
-                          "spec.yaml; run `tlscale fewshot` again with --overwrite")
     if not (teacher / "config.json").is_file():
         raise ConfigError(f"distill.teacher: '{teacher}' is neither a tlscale run folder (trained or few-shot), a "
                           "saved model folder (config.json) nor a .jsonl file of soft labels")
@@ -335,8 +332,8 @@ def score_with_model(folder: Path, examples: Examples, spec, want_features: bool
 
 
 def is_fewshot_run(path: Path) -> bool:
-    """A `tlscale fewshot` run folder: its metrics name the method, its spec has a fewshot section."""
-    if not (path / "spec.yaml").is_file() or not (path / "metrics.json").is_file() or (path / "model").exists():
+    """A `tlscale fewshot` run folder: its metrics name the method (a trained run's name a strategy)."""
+    if not (path / "metrics.json").is_file() or (path / "model").exists():
         return False
     try:
         return "method" in json.loads((path / "metrics.json").read_text())
@@ -357,6 +354,9 @@ def one_seed_problem(folder: Path) -> str | None:
     """Why a few-shot run cannot teach, if it cannot: a teacher is one seed's text classifier."""
     import yaml
 
+    if not (folder / "spec.yaml").is_file():
+        return (f"'{folder}' is a few-shot run from a tlscale that did not keep its spec.yaml; run `tlscale "
+                "fewshot` again with --overwrite")
     raw = yaml.safe_load((folder / "spec.yaml").read_text()) or {}
     seeds = (raw.get("fewshot") or {}).get("seeds") or []
     if raw.get("task") != "text_classification":
