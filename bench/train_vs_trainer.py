@@ -1,44 +1,90 @@
 """tlscale's loop vs transformers.Trainer: same model (MiniLM), same SST-2 rows, same batch size,
-same number of steps, full fine-tuning, in one process. Prints samples/s of each and the ratio.
+same number of steps, full fine-tuning. Prints samples/s of each and the ratio.
 
-    .venv/bin/python bench/train_vs_trainer.py [--rows 1600] [--batch-size 16] [--bf16] [--compile]
+    .venv/bin/python bench/train_vs_trainer.py [--rows 1600] [--batch-size 16] [--repeats 3] [--bf16] [--compile]
+        [--no-reuse-cpu-memory] [--output results.json]
 
+Each run is a fresh process of its own (a tool's process-wide settings, such as tlscale's CPU allocator
+tuning, stay with that tool), and the repeats alternate which tool goes first, so a warm-up or a noisy minute
+does not always land on the same side; the figure is the median of the per-repeat ratios.
 --compile: tlscale with training.compile (each block compiled in place) against Trainer with torch_compile=True
 (the whole model), compile time included in both (the first steps wait for the compiler).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from common import sst2_spec, trainer_run
 
-from tlscale.spec import spec_from_dict
-from tlscale import train
+
+def one_side(args) -> float:
+    """This process runs one tool once: its samples/s."""
+    from tlscale import train
+    from tlscale.spec import spec_from_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = sst2_spec(Path(tmp) / "run", {"name": "full"}, args.rows, 1, args.batch_size, 1e-4,
+                        mixed_precision="bf16" if args.bf16 else "no")
+        raw["training"].update(compile=args.compile, reuse_cpu_memory=not args.no_reuse_cpu_memory)
+        spec = spec_from_dict(raw)
+        if args.side == "trainer":
+            return trainer_run(spec, freeze_backbone=False, compile=args.compile)["train_samples_per_second"]
+        return train(spec, show_progress=False).metrics["train_samples_per_s"]
+
+
+def in_fresh_process(side: str, argv: list[str]) -> float:
+    result = subprocess.run([sys.executable, __file__, "--side", side, *argv], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"the {side} run failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1600)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both")
     parser.add_argument("--compile", action="store_true", help="torch.compile on both")
+    parser.add_argument("--no-reuse-cpu-memory", action="store_true",
+                        help="tlscale with training.reuse_cpu_memory=false (glibc's default allocator behaviour)")
+    parser.add_argument("--output", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--side", choices=["tlscale", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = sst2_spec(Path(tmp) / "run", {"name": "full"}, args.rows, 1, args.batch_size, 1e-4,
-                        mixed_precision="bf16" if args.bf16 else "no")
-        raw["training"]["compile"] = args.compile
-        spec = spec_from_dict(raw)
-        theirs = trainer_run(spec, freeze_backbone=False, compile=args.compile)  # first: any warm-up goes to the peer
-        ours = train(spec, show_progress=False).metrics
-    ratio = ours["train_samples_per_s"] / theirs["train_samples_per_second"]
-    print(f"\nfull fine-tuning, MiniLM, {args.rows} SST-2 rows, batch {args.batch_size}, "
-          f"{ours['steps']} steps, group_by_length on both"
-          f"{', bf16 autocast' if args.bf16 else ''}{', torch.compile' if args.compile else ''}")
-    print(f"  tlscale              {ours['train_samples_per_s']:8.1f} samples/s  ({ours['train_runtime_s']:.1f} s)")
-    print(f"  transformers.Trainer {theirs['train_samples_per_second']:8.1f} samples/s  ({theirs['train_runtime']:.1f} s)")
-    print(f"  ratio tlscale/Trainer = {ratio:.2f}")
+    if args.side:
+        print(one_side(args))
+        return
+    argv = [f"--rows={args.rows}", f"--batch-size={args.batch_size}"] + [
+        flag for flag, on in (("--bf16", args.bf16), ("--compile", args.compile),
+                              ("--no-reuse-cpu-memory", args.no_reuse_cpu_memory)) if on]
+    pairs = []
+    for repeat in range(args.repeats):
+        order = ["trainer", "tlscale"] if repeat % 2 == 0 else ["tlscale", "trainer"]
+        speed = {side: in_fresh_process(side, argv) for side in order}
+        pairs.append({"tlscale": round(speed["tlscale"], 1), "trainer": round(speed["trainer"], 1),
+                      "ratio": round(speed["tlscale"] / speed["trainer"], 3), "first": order[0]})
+        print(f"repeat {repeat}: tlscale {speed['tlscale']:.1f}, Trainer {speed['trainer']:.1f} samples/s, "
+              f"ratio {speed['tlscale'] / speed['trainer']:.2f}", flush=True)
+    ratio = statistics.median(p["ratio"] for p in pairs)
+    steps = -(-args.rows // args.batch_size)
+    extras = [text for text, on in ((", bf16 autocast", args.bf16), (", torch.compile", args.compile),
+                                    (", tlscale without reuse_cpu_memory", args.no_reuse_cpu_memory)) if on]
+    print(f"\nfull fine-tuning, MiniLM, {args.rows} SST-2 rows, batch {args.batch_size}, {steps} steps, "
+          f"group_by_length on both{''.join(extras)}, {args.repeats} repeats, each run in a fresh process")
+    print(f"  tlscale              {statistics.median(p['tlscale'] for p in pairs):8.1f} samples/s (median)")
+    print(f"  transformers.Trainer {statistics.median(p['trainer'] for p in pairs):8.1f} samples/s (median)")
+    print(f"  ratio tlscale/Trainer = {ratio:.2f} (median of {[p['ratio'] for p in pairs]})")
+    if args.output:
+        args.output.write_text(json.dumps({"rows": args.rows, "batch_size": args.batch_size, "steps": steps,
+                                           "bf16": args.bf16, "compile": args.compile,
+                                           "reuse_cpu_memory": not args.no_reuse_cpu_memory, "repeats": pairs,
+                                           "median_ratio": ratio}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

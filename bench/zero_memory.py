@@ -109,7 +109,8 @@ def peak_per_rank(tmp: Path, name: str, model: str, distributed: dict, world: in
         "data": {"train_file": str(DATA / "sst2" / "train.tsv"), "eval_file": str(DATA / "sst2" / "dev.tsv"),
                  "text_column": "sentence", "labels": ["negative", "positive"], "limit": 64, "eval_limit": 16},
         "training": {"epochs": 1, "max_steps": 3, "batch_size": 8, "lr": 1e-4, "report_to": [],
-                     "keep_best": False, "mixed_precision": mixed_precision},
+                     "keep_best": False, "mixed_precision": mixed_precision,
+                     "reuse_cpu_memory": False},  # freed blocks go back at once (MALLOC_MMAP_THRESHOLD_ below)
         "distributed": {**distributed, "num_processes": world},
     }
     spec_file = tmp / f"{name}.yaml"

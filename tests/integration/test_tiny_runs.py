@@ -276,6 +276,17 @@ def test_bf16_cosine_split_and_text_pairs_in_process(tmp_path, sst2_rows):
     assert set(result.metrics["eval"]["per_class"]) == {"0", "1"}
 
 
+@pytest.mark.parametrize("reuse, backend, kept", [(None, "none", True), (False, "none", False),
+                                                   (None, "deepspeed", False), (True, "deepspeed", True)])
+def test_a_cpu_run_keeps_freed_memory_for_reuse_except_under_deepspeed_or_when_told(tmp_path, spec, reuse,
+                                                                                     backend, kept):
+    spec["training"].update(reuse_cpu_memory=reuse, eval_every_steps=None, save_every_steps=None)
+    spec["distributed"] = {"backend": backend, **({"zero_stage": 2} if backend == "deepspeed" else {})}
+    train(write_spec(tmp_path / "spec.yaml", spec))  # in a process of its own (a launched worker for DeepSpeed)
+    memory = json.loads((tmp_path / "run" / "metrics.json").read_text())["memory"]
+    assert memory["reuses_freed_cpu_memory"] is kept
+
+
 def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path, spec):
     spec["strategy"] = {"name": "partial", "trainable_layers": 5}
     path = write_spec(tmp_path / "spec.yaml", spec)

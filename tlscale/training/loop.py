@@ -18,6 +18,7 @@ import torch
 from tlscale.errors import ConfigError, TlscaleError
 from tlscale.logs import log
 from tlscale.spec import JobSpec
+from tlscale.training.allocator import keep_freed_memory, reusing_freed_memory
 from tlscale.training.checkpoints import TrainState, load_training_state, save_training_state
 from tlscale.training.run import Reporter, Run, RunResult
 
@@ -90,6 +91,8 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     training, dist = spec.training, spec.distributed
     if training.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU, none found; use 'bf16' or 'no' on CPU")
+    if _reuses_cpu_memory(spec) and not torch.cuda.is_available():
+        keep_freed_memory()
     tokenizer, task, data, strategy, model, memory = _build(spec)
     # The Accelerator comes after the model: once a ZeRO-3 plugin exists, transformers builds every model
     # partitioned (zero.Init), which a fresh head cannot be initialised under. prepare() partitions it.
@@ -125,6 +128,13 @@ def set_up(spec: JobSpec, run: Run, reporter: Reporter) -> Session:
     strategy.on_step(session.raw_model, session.state.step, session.state.epoch, steps_per_epoch)
     log.info(_summary(session))
     return session
+
+
+def _reuses_cpu_memory(spec: JobSpec) -> bool:
+    """By default not under DeepSpeed: ZeRO is there to save memory, and its flat buffers fragment a heap
+    that is never trimmed (bench/README.md: ZeRO-3's per-rank peak grew by about half)."""
+    chosen = spec.training.reuse_cpu_memory
+    return chosen if chosen is not None else spec.distributed.backend != "deepspeed"
 
 
 def _build(spec: JobSpec):
@@ -460,7 +470,8 @@ def peak_memory() -> dict:
     GPU, device memory (weights, optimizer state, activations, all of it)."""
     import resource
 
-    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    peaks = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
+             "reuses_freed_cpu_memory": reusing_freed_memory()}
     if torch.cuda.is_available():
         peaks["peak_device_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return peaks
