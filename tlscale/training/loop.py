@@ -284,13 +284,30 @@ def step(s: Session, local_group: list[list[int]], global_weight: int) -> None:
 
         zero_missing_gradients(s.model, s.spec.distributed)
     if s.spec.training.max_grad_norm:
-        s.accelerator.clip_grad_norm_(s.model.parameters(), s.spec.training.max_grad_norm)
+        _clip_gradients(s, s.spec.training.max_grad_norm)
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     s.state.step += 1
     s.progress.update(1)
     _on_step(s)
+
+
+def _clip_gradients(s: Session, max_norm: float) -> None:
+    """Clip the global gradient norm to max_norm. A fused AdamW (ours outside DeepSpeed) applies the clip factor
+    inside its kernel as its grad_scale, sparing a pass over every gradient (~3 ms of a MiniLM step on 2 CPU
+    cores); with fp16's loss scaler, which owns grad_scale, or under DeepSpeed, Accelerate clips."""
+    optimizer = getattr(s.optimizer, "optimizer", s.optimizer)  # DeepSpeed's own optimizer has no defaults
+    if not getattr(optimizer, "defaults", {}).get("fused") or s.accelerator.scaler is not None:
+        s.accelerator.clip_grad_norm_(s.model.parameters(), max_norm)
+        return
+    grads = [p.grad for p in s.model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
+        if not hasattr(torch.nn.utils, "get_total_norm") else torch.nn.utils.get_total_norm(grads)
+    clip = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)  # torch.nn.utils.clip_grad_norm_'s factor
+    optimizer.grad_scale = 1.0 / clip  # the fused kernel divides every gradient by it
 
 
 def forward_backward(s: Session, local_group: list[list[int]], global_weight: int) -> float:
