@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from tlscale.training.loop import _clip_gradients
@@ -36,8 +37,12 @@ def _train(clip: str, fused: bool = True) -> tuple[torch.nn.Module, list[str]]:
     return model, calls
 
 
-def test_the_fused_clip_trains_like_clip_grad_norm_then_step():
+@pytest.mark.parametrize("torch_before_2_6", [False, True])  # no torch.nn.utils.get_total_norm there
+def test_the_fused_clip_trains_like_clip_grad_norm_then_step(monkeypatch, torch_before_2_6):
+    if torch_before_2_6:
+        monkeypatch.delattr(torch.nn.utils, "get_total_norm")
     ours, calls = _train("kernel")
+    monkeypatch.undo()
     theirs, _ = _train("torch")
     unclipped, _ = _train("none")
     assert calls == []  # the kernel did it

@@ -304,8 +304,9 @@ def _clip_gradients(s: Session, max_norm: float) -> None:
     grads = [p.grad for p in s.model.parameters() if p.grad is not None]
     if not grads:
         return
-    total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) \
-        if not hasattr(torch.nn.utils, "get_total_norm") else torch.nn.utils.get_total_norm(grads)
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
+    total_norm = get_total_norm(grads) if get_total_norm else \
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     clip = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)  # torch.nn.utils.clip_grad_norm_'s factor
     optimizer.grad_scale = 1.0 / clip  # the fused kernel divides every gradient by it
 
