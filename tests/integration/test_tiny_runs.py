@@ -287,6 +287,22 @@ def test_a_cpu_run_keeps_freed_memory_for_reuse_except_under_deepspeed_or_when_t
     assert memory["reuses_freed_cpu_memory"] is kept
 
 
+def test_cpu_dropout_masks_follow_the_seed_and_torch_own_are_one_option_away(tmp_path, spec):
+    spec["training"].update(eval_every_steps=None, save_every_steps=None, log_every_steps=1)
+
+    def losses(name, fast):
+        spec["output_dir"] = str(tmp_path / name)
+        spec["training"]["fast_dropout"] = fast
+        train(write_spec(tmp_path / f"{name}.yaml", spec))
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [row["train/loss"] for row in map(json.loads, rows) if "train/loss" in row]
+
+    fast = losses("fast", True)
+    assert len(fast) == 40 and fast == losses("fast-again", True)
+    torch_masks = losses("torch", False)
+    assert fast[0] != torch_masks[0]  # other masks from the first step on, nothing else changed
+
+
 def test_a_run_that_fails_to_start_leaves_nothing_behind(tmp_path, spec):
     spec["strategy"] = {"name": "partial", "trainable_layers": 5}
     path = write_spec(tmp_path / "spec.yaml", spec)

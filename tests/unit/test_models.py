@@ -1,6 +1,7 @@
 """The pooled classifier: fresh head, pooling choice, and plain-transformers loading."""
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
@@ -99,9 +100,12 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
         verify_saved_model(tmp_path, batch, in_memory, mixed_precision="bf16")
 
 
-def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients():
+@pytest.mark.parametrize("cpu_dropout", [False, True])
+def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(cpu_dropout):
     """training.gradient_checkpointing: each block runs again in the backward pass (counted by a hook inside it), and the
-    loss and gradients are those of the plain model (dropout included: the recompute replays its RNG state)."""
+    loss and gradients are those of the plain model (dropout included, torch's masks or training.fast_dropout's: the
+    recompute replays the RNG state)."""
+    from tlscale.models.dropout import use_cpu_dropout
     from tlscale.models.layers import checkpoint_activations, find_blocks
 
     def loss_and_grads(model):
@@ -115,6 +119,8 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients():
     plain = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
     checkpointed = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
     checkpointed.load_state_dict(plain.state_dict())
+    if cpu_dropout:
+        assert use_cpu_dropout(plain) == use_cpu_dropout(checkpointed) > 0
     assert checkpoint_activations(checkpointed) == len(find_blocks(checkpointed)[1]) == 2
     calls = []
     # inside the block: transformers checkpoints its forward, so the block's own hooks run once

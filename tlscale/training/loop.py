@@ -159,6 +159,10 @@ def _build(spec: JobSpec):
 
         log.info(f"training.gradient_checkpointing: {checkpoint_activations(model)} transformer blocks recompute "
                  "their activations in the backward pass")
+    if spec.training.fast_dropout and not spec.training.compile and not torch.cuda.is_available():
+        from tlscale.models.dropout import use_cpu_dropout
+
+        log.debug(f"training.fast_dropout: {use_cpu_dropout(model)} dropout layers draw cheaper CPU masks")
     if spec.training.compile:
         from tlscale.models.layers import compile_blocks
 
