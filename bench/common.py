@@ -28,7 +28,7 @@ def sst2_spec(output_dir: Path, strategy: dict, rows: int, epochs: int, batch_si
     }
 
 
-def trainer_run(spec, freeze_backbone: bool, compile: bool = False) -> dict:
+def trainer_run(spec, freeze_backbone: bool, compile: bool = False, callbacks: tuple = ()) -> dict:
     """The same model and tokenized rows through transformers.Trainer (compile: its torch_compile=True)."""
     import tempfile
 
@@ -65,7 +65,7 @@ def trainer_run(spec, freeze_backbone: bool, compile: bool = False) -> dict:
                                  fp16=spec.training.mixed_precision == "fp16",
                                  dataloader_num_workers=0, torch_compile=compile)
         trainer = Trainer(model=model, args=args, train_dataset=Rows(),
-                          data_collator=DataCollatorWithPadding(tokenizer))
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=list(callbacks))
         return trainer.train().metrics
 
 

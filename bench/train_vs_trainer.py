@@ -23,11 +23,15 @@ from pathlib import Path
 from common import sst2_spec, trainer_run
 
 
-def one_side(args) -> float:
-    """This process runs one tool once: its samples/s."""
+def one_side(args) -> tuple[float, float]:
+    """This process runs one tool once: its samples/s over the run, and at its median step (the time from one
+    step's end to the next's, batch making included), which a noisy minute on a shared machine moves far less."""
+    import time
+
     from tlscale import train
     from tlscale.spec import spec_from_dict
 
+    ends: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         raw = sst2_spec(Path(tmp) / "run", {"name": "full"}, args.rows, 1, args.batch_size, 1e-4,
                         mixed_precision="bf16" if args.bf16 else "no")
@@ -35,15 +39,35 @@ def one_side(args) -> float:
                                fast_dropout=not args.no_fast_dropout)
         spec = spec_from_dict(raw)
         if args.side == "trainer":
-            return trainer_run(spec, freeze_backbone=False, compile=args.compile)["train_samples_per_second"]
-        return train(spec, show_progress=False).metrics["train_samples_per_s"]
+            from transformers import TrainerCallback
+
+            class StepEnds(TrainerCallback):
+                def on_step_end(self, *_, **__):
+                    ends.append(time.perf_counter())
+
+            speed = trainer_run(spec, freeze_backbone=False, compile=args.compile,
+                                callbacks=(StepEnds(),))["train_samples_per_second"]
+        else:
+            import tlscale.training.loop as loop
+
+            step = loop.step
+
+            def timed_step(*a, **k):
+                step(*a, **k)
+                ends.append(time.perf_counter())
+
+            loop.step = timed_step
+            speed = train(spec, show_progress=False).metrics["train_samples_per_s"]
+    median_step = statistics.median(b - a for a, b in zip(ends, ends[1:]))
+    return speed, args.batch_size / median_step
 
 
-def in_fresh_process(side: str, argv: list[str]) -> float:
+def in_fresh_process(side: str, argv: list[str]) -> tuple[float, float]:
     result = subprocess.run([sys.executable, __file__, "--side", side, *argv], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"the {side} run failed:\n{result.stderr[-3000:]}")
-    return float(result.stdout.strip().splitlines()[-1])
+    run, step = result.stdout.strip().splitlines()[-1].split()
+    return float(run), float(step)
 
 
 def main() -> None:
@@ -61,7 +85,7 @@ def main() -> None:
     parser.add_argument("--side", choices=["tlscale", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        print(one_side(args))
+        print(*one_side(args))
         return
     argv = [f"--rows={args.rows}", f"--batch-size={args.batch_size}"] + [
         flag for flag, on in (("--bf16", args.bf16), ("--compile", args.compile),
@@ -71,10 +95,12 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = ["trainer", "tlscale"] if repeat % 2 == 0 else ["tlscale", "trainer"]
         speed = {side: in_fresh_process(side, argv) for side in order}
-        pairs.append({"tlscale": round(speed["tlscale"], 1), "trainer": round(speed["trainer"], 1),
-                      "ratio": round(speed["tlscale"] / speed["trainer"], 3), "first": order[0]})
-        print(f"repeat {repeat}: tlscale {speed['tlscale']:.1f}, Trainer {speed['trainer']:.1f} samples/s, "
-              f"ratio {speed['tlscale'] / speed['trainer']:.2f}", flush=True)
+        (ours, ours_step), (theirs, theirs_step) = speed["tlscale"], speed["trainer"]
+        pairs.append({"tlscale": round(ours, 1), "trainer": round(theirs, 1), "ratio": round(ours / theirs, 3),
+                      "tlscale_median_step": round(ours_step, 1), "trainer_median_step": round(theirs_step, 1),
+                      "ratio_median_step": round(ours_step / theirs_step, 3), "first": order[0]})
+        print(f"repeat {repeat}: tlscale {ours:.1f}, Trainer {theirs:.1f} samples/s, ratio {ours / theirs:.2f}; "
+              f"at the median step {ours_step:.1f} vs {theirs_step:.1f}, {ours_step / theirs_step:.2f}", flush=True)
     ratio = statistics.median(p["ratio"] for p in pairs)
     steps = -(-args.rows // args.batch_size)
     extras = [text for text, on in ((", bf16 autocast", args.bf16), (", torch.compile", args.compile),
@@ -85,12 +111,15 @@ def main() -> None:
     print(f"  tlscale              {statistics.median(p['tlscale'] for p in pairs):8.1f} samples/s (median)")
     print(f"  transformers.Trainer {statistics.median(p['trainer'] for p in pairs):8.1f} samples/s (median)")
     print(f"  ratio tlscale/Trainer = {ratio:.2f} (median of {[p['ratio'] for p in pairs]})")
+    step_ratio = statistics.median(p["ratio_median_step"] for p in pairs)
+    print(f"  at each run's median step: {step_ratio:.2f} (median of {[p['ratio_median_step'] for p in pairs]})")
     if args.output:
         args.output.write_text(json.dumps({"rows": args.rows, "batch_size": args.batch_size, "steps": steps,
                                            "bf16": args.bf16, "compile": args.compile,
                                            "reuse_cpu_memory": not args.no_reuse_cpu_memory,
                                            "fast_dropout": not args.no_fast_dropout, "repeats": pairs,
-                                           "median_ratio": ratio}, indent=2) + "\n")
+                                           "median_ratio": ratio, "median_ratio_median_step": step_ratio},
+                                          indent=2) + "\n")
 
 
 if __name__ == "__main__":
