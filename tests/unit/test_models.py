@@ -103,8 +103,8 @@ def test_verification_of_a_bf16_run_compares_like_with_like(tmp_path):
 @pytest.mark.parametrize("cpu_dropout", [False, True])
 def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(cpu_dropout):
     """training.gradient_checkpointing: each block runs again in the backward pass (counted by a hook inside it), and the
-    loss and gradients are those of the plain model (dropout included, torch's masks or training.fast_dropout's: the
-    recompute replays the RNG state)."""
+    loss and gradients are those of the plain model (dropout included, torch's masks or training.fast_dropout's, the
+    attention probabilities' too: the recompute replays the RNG state)."""
     from tlscale.models.dropout import use_cpu_dropout
     from tlscale.models.layers import checkpoint_activations, find_blocks
 
@@ -120,7 +120,8 @@ def test_gradient_checkpointing_recomputes_blocks_with_the_same_gradients(cpu_dr
     checkpointed = build_classifier(ModelSpec(name_or_path="tiny:bert"), ["neg", "pos"])
     checkpointed.load_state_dict(plain.state_dict())
     if cpu_dropout:
-        assert use_cpu_dropout(plain) == use_cpu_dropout(checkpointed) > 0
+        swapped = use_cpu_dropout(plain)
+        assert use_cpu_dropout(checkpointed) == swapped and swapped[0] > 0 and swapped[1] == 1  # attention's too
     assert checkpoint_activations(checkpointed) == len(find_blocks(checkpointed)[1]) == 2
     calls = []
     # inside the block: transformers checkpoints its forward, so the block's own hooks run once

@@ -7,6 +7,11 @@ so p is rounded to a multiple of 2^-16 (0.1 becomes 0.100006) and the kept eleme
 that rounded p, so the output's expectation is the input, as torch's. The masks follow torch.manual_seed (and a
 checkpointed block's recomputation, which restores the generator). On GPUs torch's own fused kernel is cheap:
 the model is left alone there.
+
+Attention probabilities are dropped inside torch's scaled_dot_product_attention, out of a layer's reach, and on
+CPU a dropout_p > 0 also sends SDPA from its fused kernel to its math path. With 384-token windows those masks
+(batch x heads x 384 x 384 per layer) cost more than the hidden ones: models on transformers' attention interface
+get an attention function that is that math path with these masks in training, and SDPA itself otherwise.
 """
 from __future__ import annotations
 
@@ -36,20 +41,76 @@ def expressible_threshold(p: float) -> int | None:
 
 
 def dropout_noise(like: torch.Tensor, threshold: int) -> torch.Tensor:
-    """0 with probability threshold/2^16, else 1/(1 - that), in like's shape and dtype."""
+    """0 with probability threshold/2^16, else 1/(1 - that), in like's shape and dtype (scaled in that dtype, as
+    torch's CPU dropout: in bf16, by 1.109375 for p = 0.1)."""
+    return dropout_keep(like, threshold).to(like.dtype).mul_(LEVELS / (LEVELS - threshold))
+
+
+def dropout_keep(like: torch.Tensor, threshold: int) -> torch.Tensor:
+    """True with probability 1 - threshold/2^16, in like's shape."""
     count = like.numel()
     words = torch.randint(-2**63, 2**63 - 1, (-(-count // 4),), dtype=torch.int64)  # 4 x 16 bits a word
     bits = words.view(torch.int16)[:count].view(like.shape)  # uniform on [-32768, 32767]
-    keep = bits >= threshold - LEVELS // 2
-    return keep.to(like.dtype).mul_(LEVELS / (LEVELS - threshold))
+    return bits >= threshold - LEVELS // 2
 
 
-def use_cpu_dropout(model: nn.Module) -> int:
-    """Give every plain nn.Dropout in model the cheaper CPU masks (same module, same p, nothing saved changes);
-    returns how many. Attention-probability dropout inside fused attention kernels is not reached."""
+ATTENTION = "tlscale_cpu_dropout"
+
+
+def attention_with_cpu_dropout(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                               attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                               scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """transformers' SDPA attention, except when training on CPU with attention dropout: there, the softmax of
+    the scores (computed as transformers' eager attention does: fp32 softmax, in the inputs' dtype) is dropped
+    with the cheaper masks. Arguments and mask handling as transformers' sdpa_attention_forward."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    threshold = expressible_threshold(dropout) if dropout else None
+    if (threshold is None or not module.training or query.device.type != "cpu"
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    queries, keys = query.shape[2], key.shape[2]
+    causal = queries > 1 and attention_mask is None and (is_causal if is_causal is not None
+                                                         else getattr(module, "is_causal", True))
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if causal:  # as SDPA's is_causal (top-left aligned), which transformers' SDPA path passes
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:  # the finite minimum, as eager masks: no NaN on a fully masked row
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = probs.mul(dropout_keep(probs, threshold)).mul_(LEVELS / (LEVELS - threshold))
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+
+
+def use_cpu_dropout(model: nn.Module) -> tuple[int, int]:
+    """Give every plain nn.Dropout in model the cheaper CPU masks (same module, same p, nothing saved changes),
+    and every transformers model in it on SDPA attention the function above (not saved: config.json keeps no
+    attention implementation). Returns how many dropout layers and how many models."""
     swapped = 0
     for module in model.modules():
         if type(module) is nn.Dropout:
             module.__class__ = CPUDropout
             swapped += 1
-    return swapped
+    return swapped, use_cpu_dropout_attention(model)
+
+
+def use_cpu_dropout_attention(model: nn.Module) -> int:
+    from transformers import AttentionInterface, PreTrainedModel
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention_with_cpu_dropout)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    switched = 0
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if (isinstance(module, PreTrainedModel) and getattr(config, "_attn_implementation", None) == "sdpa"
+                and module._can_set_attn_implementation()):
+            module.set_attn_implementation(ATTENTION)
+            switched += 1
+    return switched

@@ -300,9 +300,11 @@ class TrainingSpec(Section):
                                           "fragment an untrimmed heap: ZeRO-3 per-rank peaks grew by half).")
     fast_dropout: bool = Field(False, description="On CPU: dropout masks from 16 random bits an element (p rounded "
                                "to a multiple of 2^-16: 0.1 becomes 0.100006) instead of torch's bernoulli_, at a "
-                               "third of its cost: MiniLM steps ~4% faster, SST-2 accuracy the same over 4 seeds. Off "
-                               "by default: 2-epoch XQuAD runs scored lower with it at both seeds tried (bench/README). "
-                               "Not on GPUs, nor with training.compile.")
+                               "third of its cost, for the dropout layers and for the attention probabilities "
+                               "(transformers models on SDPA attention; in training only). MiniLM steps ~4% faster on "
+                               "SST-2, more on long sequences; SST-2 accuracy the same over 4 seeds. Off by default: "
+                               "2-epoch XQuAD runs scored lower with it at the seeds first tried (bench/README). Not on "
+                               "GPUs, nor with training.compile.")
     gradient_checkpointing: bool = Field(False, description="Recompute each transformer block's activations in the "
                                          "backward pass instead of keeping them: activation memory falls to about "
                                          "one block's, for about a third more compute per step.")

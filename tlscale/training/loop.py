@@ -162,7 +162,9 @@ def _build(spec: JobSpec):
     if spec.training.fast_dropout and not spec.training.compile and not torch.cuda.is_available():
         from tlscale.models.dropout import use_cpu_dropout
 
-        log.debug(f"training.fast_dropout: {use_cpu_dropout(model)} dropout layers draw cheaper CPU masks")
+        layers, models = use_cpu_dropout(model)
+        log.debug(f"training.fast_dropout: {layers} dropout layers and the attention of {models} models draw cheaper "
+                  "CPU masks")
     if spec.training.compile:
         from tlscale.models.layers import compile_blocks
 
