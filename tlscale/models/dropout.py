@@ -60,9 +60,9 @@ ATTENTION = "tlscale_cpu_dropout"
 def attention_with_cpu_dropout(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                attention_mask: torch.Tensor | None, dropout: float = 0.0,
                                scaling: float | None = None, is_causal: bool | None = None, **kwargs):
-    """transformers' SDPA attention, except when training on CPU with attention dropout: there, the softmax of
-    the scores (computed as transformers' eager attention does: fp32 softmax, in the inputs' dtype) is dropped
-    with the cheaper masks. Arguments and mask handling as transformers' sdpa_attention_forward."""
+    """transformers' SDPA attention, except when training on CPU with attention dropout: there, what SDPA's math
+    path computes (in float32 for bf16/fp16 inputs, as torch's does) with the cheaper masks. Arguments and mask
+    handling as transformers' sdpa_attention_forward."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     threshold = expressible_threshold(dropout) if dropout else None
@@ -75,17 +75,20 @@ def attention_with_cpu_dropout(module: nn.Module, query: torch.Tensor, key: torc
     queries, keys = query.shape[2], key.shape[2]
     causal = queries > 1 and attention_mask is None and (is_causal if is_causal is not None
                                                          else getattr(module, "is_causal", True))
-    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
     if causal:  # as SDPA's is_causal (top-left aligned), which transformers' SDPA path passes
         attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril()
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:  # the finite minimum, as eager masks: no NaN on a fully masked row
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = probs.mul(dropout_keep(probs, threshold)).mul_(LEVELS / (LEVELS - threshold))
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    with torch.autocast("cpu", enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3))
+        scores.mul_(query.shape[-1] ** -0.5 if scaling is None else scaling)
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:  # the finite minimum, as eager masks: a fully masked row is no NaN
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask
+        probs = torch.softmax(scores, dim=-1)
+        probs = probs.mul(dropout_keep(probs, threshold)).mul_(LEVELS / (LEVELS - threshold))
+        output = torch.matmul(probs, value.float())
+    return output.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def use_cpu_dropout(model: nn.Module) -> tuple[int, int]:
