@@ -2,7 +2,7 @@
 same number of steps, full fine-tuning. Prints samples/s of each and the ratio.
 
     .venv/bin/python bench/train_vs_trainer.py [--rows 1600] [--batch-size 16] [--repeats 3] [--bf16] [--compile]
-        [--no-reuse-cpu-memory] [--fast-dropout] [--output results.json]
+        [--no-reuse-cpu-memory] [--no-fast-dropout] [--output results.json]
 
 Each run is a fresh process of its own (a tool's process-wide settings, such as tlscale's CPU allocator
 tuning, stay with that tool), and the repeats alternate which tool goes first, so a warm-up or a noisy minute
@@ -36,7 +36,7 @@ def one_side(args) -> tuple[float, float]:
         raw = sst2_spec(Path(tmp) / "run", {"name": "full"}, args.rows, 1, args.batch_size, 1e-4,
                         mixed_precision="bf16" if args.bf16 else "no")
         raw["training"].update(compile=args.compile, reuse_cpu_memory=not args.no_reuse_cpu_memory,
-                               fast_dropout=args.fast_dropout)
+                               fast_dropout=not args.no_fast_dropout)
         spec = spec_from_dict(raw)
         if args.side == "trainer":
             from transformers import TrainerCallback
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile on both")
     parser.add_argument("--no-reuse-cpu-memory", action="store_true",
                         help="tlscale with training.reuse_cpu_memory=false (glibc's default allocator behaviour)")
-    parser.add_argument("--fast-dropout", action="store_true",
-                        help="tlscale with training.fast_dropout=true (cheaper CPU dropout masks; off by default)")
+    parser.add_argument("--no-fast-dropout", action="store_true",
+                        help="tlscale with training.fast_dropout=false (torch's own CPU dropout masks)")
     parser.add_argument("--output", type=Path, help="write the figures as JSON here")
     parser.add_argument("--side", choices=["tlscale", "trainer"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -90,7 +90,7 @@ def main() -> None:
     argv = [f"--rows={args.rows}", f"--batch-size={args.batch_size}"] + [
         flag for flag, on in (("--bf16", args.bf16), ("--compile", args.compile),
                               ("--no-reuse-cpu-memory", args.no_reuse_cpu_memory),
-                              ("--fast-dropout", args.fast_dropout)) if on]
+                              ("--no-fast-dropout", args.no_fast_dropout)) if on]
     pairs = []
     for repeat in range(args.repeats):
         order = ["trainer", "tlscale"] if repeat % 2 == 0 else ["tlscale", "trainer"]
@@ -105,7 +105,7 @@ def main() -> None:
     steps = -(-args.rows // args.batch_size)
     extras = [text for text, on in ((", bf16 autocast", args.bf16), (", torch.compile", args.compile),
                                     (", tlscale without reuse_cpu_memory", args.no_reuse_cpu_memory),
-                                    (", tlscale with fast_dropout", args.fast_dropout)) if on]
+                                    (", tlscale with torch's dropout masks", args.no_fast_dropout)) if on]
     print(f"\nfull fine-tuning, MiniLM, {args.rows} SST-2 rows, batch {args.batch_size}, {steps} steps, "
           f"group_by_length on both{''.join(extras)}, {args.repeats} repeats, each run in a fresh process")
     print(f"  tlscale              {statistics.median(p['tlscale'] for p in pairs):8.1f} samples/s (median)")
@@ -117,7 +117,7 @@ def main() -> None:
         args.output.write_text(json.dumps({"rows": args.rows, "batch_size": args.batch_size, "steps": steps,
                                            "bf16": args.bf16, "compile": args.compile,
                                            "reuse_cpu_memory": not args.no_reuse_cpu_memory,
-                                           "fast_dropout": args.fast_dropout, "repeats": pairs,
+                                           "fast_dropout": not args.no_fast_dropout, "repeats": pairs,
                                            "median_ratio": ratio, "median_ratio_median_step": step_ratio},
                                           indent=2) + "\n")
 
