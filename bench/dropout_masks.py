@@ -1,7 +1,8 @@
-"""training.fast_dropout in isolation: full fine-tuning steps of the real MiniLM on a task's own batches (grouped by
-length, its collate), in one process, each batch stepped once with torch's dropout masks and once with tlscale's
-cheaper ones (dropout layers and attention probabilities), the order alternating. A machine whose speed drifts
-from minute to minute (this one's varies by a quarter) moves both sides alike, which separate runs cannot promise.
+"""training.fast_dropout in isolation: full fine-tuning steps of the real MiniLM on a task's own batches (grouped
+by length, its collate), in one process, each batch stepped three ways: torch's dropout masks; tlscale's cheaper
+ones in the dropout layers only; and in the attention probabilities too (as shipped), the order rotating. A
+machine whose speed drifts from minute to minute (this one's varies by a quarter) moves every side alike, which
+separate runs cannot promise.
 
     .venv/bin/python bench/dropout_masks.py [--batches 150]                     # SST-2, 128 tokens, fp32
     .venv/bin/python bench/dropout_masks.py --config configs/xquad-minilm-full.yaml --bf16 --batches 20
@@ -28,6 +29,7 @@ from tlscale.tasks import build_task
 from tlscale.training.allocator import keep_freed_memory
 
 WARM_UP = 3
+MODES = {"torch": "torch's masks", "layers": "fast_dropout, dropout layers only", "fast": "fast_dropout (as shipped)"}
 
 
 def main() -> None:
@@ -55,13 +57,13 @@ def main() -> None:
                         if isinstance(m, PreTrainedModel) and m.config._attn_implementation == "sdpa"]
     use_cpu_dropout(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
-    seconds: dict[str, list[float]] = {"torch": [], "fast": []}
+    seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     for n, indices in enumerate(batches):
         batch = task.collate(data.train, indices, tokenizer.pad_token_id)
         batch.pop("index", None)
-        for masks in ("torch", "fast") if n % 2 else ("fast", "torch"):
+        for masks in MODES[n % 3:] + MODES[:n % 3]:
             for module in dropouts:
-                module.__class__ = CPUDropout if masks == "fast" else nn.Dropout
+                module.__class__ = nn.Dropout if masks == "torch" else CPUDropout
             for module in attention_models:
                 module.set_attn_implementation(ATTENTION if masks == "fast" else "sdpa")
             start = time.perf_counter()
@@ -71,14 +73,14 @@ def main() -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             seconds[masks].append(time.perf_counter() - start)
-    ours, theirs = (statistics.median(seconds[m][WARM_UP:]) * 1000 for m in ("fast", "torch"))
-    totals = {m: sum(seconds[m][WARM_UP:]) for m in seconds}
+    medians = {m: statistics.median(seconds[m][WARM_UP:]) * 1000 for m in MODES}
+    totals = {m: sum(seconds[m][WARM_UP:]) for m in MODES}
     print(f"MiniLM, {spec.task}, {len(batches) - WARM_UP} batches of {spec.training.batch_size} (after {WARM_UP} "
-          f"warm-up), {'bf16' if args.bf16 else 'fp32'}, each stepped with both masks; {len(dropouts)} dropout "
+          f"warm-up), {'bf16' if args.bf16 else 'fp32'}, each stepped three ways; {len(dropouts)} dropout "
           f"layers, attention of {len(attention_models)} models")
-    print(f"  median step: torch's masks {theirs:.1f} ms, fast_dropout {ours:.1f} ms, ratio {theirs / ours:.3f}")
-    print(f"  all steps:   torch's masks {totals['torch']:.1f} s, fast_dropout {totals['fast']:.1f} s, "
-          f"ratio {totals['torch'] / totals['fast']:.3f}")
+    for mode in MODES:
+        print(f"  {MODES[mode]:<34} median step {medians[mode]:7.1f} ms (x{medians['torch'] / medians[mode]:.3f}), "
+              f"all steps {totals[mode]:6.1f} s (x{totals['torch'] / totals[mode]:.3f})")
 
 
 if __name__ == "__main__":
