@@ -61,7 +61,7 @@ def main() -> None:
     for n, indices in enumerate(batches):
         batch = task.collate(data.train, indices, tokenizer.pad_token_id)
         batch.pop("index", None)
-        for masks in MODES[n % 3:] + MODES[:n % 3]:
+        for masks in list(MODES)[n % 3:] + list(MODES)[:n % 3]:
             for module in dropouts:
                 module.__class__ = nn.Dropout if masks == "torch" else CPUDropout
             for module in attention_models:
