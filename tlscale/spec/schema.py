@@ -301,8 +301,8 @@ class TrainingSpec(Section):
     fast_dropout: bool = Field(True, description="On CPU: dropout masks from 16 random bits an element (p rounded "
                                "to a multiple of 2^-16: 0.1 becomes 0.100006) instead of torch's bernoulli_, at a "
                                "third of its cost, for the dropout layers and for the attention probabilities "
-                               "(transformers models on SDPA attention; in training only): MiniLM steps ~5% faster on "
-                               "SST-2, ~1.3x on 384-token QA windows; the same accuracy over seeds (bench/README). "
+                               "(transformers models on SDPA attention; in training only): MiniLM steps 3-6% faster on "
+                               "SST-2, ~1.2x on 384-token QA windows; the same accuracy over seeds (bench/README). "
                                "false: torch's own masks. Not on GPUs, nor with training.compile.")
     gradient_checkpointing: bool = Field(False, description="Recompute each transformer block's activations in the "
                                          "backward pass instead of keeping them: activation memory falls to about "
