@@ -97,7 +97,7 @@ def test_minilm_on_held_out_xquad_articles_beats_trivial_baselines(tmp_path):
     and the bf16 run's saved model passes verification. Since the span loss leaves padding out: bf16 EM 18.4,
     F1 31.3. Since training.fast_dropout is on by default (its attention masks spare SDPA's math path most of its
     cost at 384 tokens): EM 17.0, F1 27.7 in ~150 s. This short recipe moves by ~15 F1 between seeds and between
-    mask draws (bench/README), which the margin over the baselines allows for at this seed only."""
+    mask draws (bench/README): the floor holds at this seed, not at every seed."""
     out = tmp_path / "xquad"
     result = run_cli("train", str(ROOT / "configs" / "xquad-minilm-full.yaml"), "--no-progress", f"output_dir={out}",
                      "training.epochs=2", "training.mixed_precision=bf16", timeout=1800)

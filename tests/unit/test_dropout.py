@@ -36,7 +36,7 @@ def test_masks_follow_the_seed_and_the_gradient_goes_through_the_kept_elements()
     assert torch.allclose(x.grad, noise)
 
 
-def test_bf16_stays_bf16_keeps_the_expectation_and_evaluation_changes_nothing():
+def test_bf16_stays_bf16_is_scaled_as_torch_scales_it_and_evaluation_changes_nothing():
     x = torch.randn(4, 16, dtype=torch.bfloat16)
     assert CPUDropout(0.1).train()(x).dtype == torch.bfloat16
     assert torch.equal(CPUDropout(0.1).eval()(x), x)
