@@ -1,7 +1,8 @@
-"""Another draw of torch's dropout masks at the same seed: the CI test's XQuAD recipe (2 epochs, bf16) with
-training.fast_dropout=false and the default generator moved a million draws on once the model is built, so the data
-order and the new head are the seed's but no mask is the unshifted run's. How far the masks alone move a recipe's
-score, next to `tlscale train ... seed=S training.fast_dropout=B` (bench/README, fast_dropout).
+"""Another draw of torch's dropout masks at the same seed: the short XQuAD recipe the CI test ran until 2026-12-06
+(xquad-minilm-full.yaml, 2 epochs, bf16) with training.fast_dropout=false and the default generator moved a
+million draws on once the model is built, so the data order and the new head are the seed's but no mask is the
+unshifted run's. How far the masks alone move a recipe's score, next to `tlscale train ... seed=S
+training.fast_dropout=B` (bench/README, fast_dropout).
 
     TLSCALE_DATA=../shared/data .venv/bin/python bench/torch_mask_draw.py --seed 2 [--output runs/mask-draw-2]
 """
