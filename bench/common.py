@@ -95,7 +95,7 @@ def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, 
 
     import numpy as np
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from tlscale.data import build_classification_data
     from tlscale.models import build_classifier, load_tokenizer
@@ -118,6 +118,7 @@ def trainer_run_to_target(spec, every: int, target: float) -> list[tuple[float, 
     def accuracy(prediction):
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
+    set_seed(spec.seed)  # the new head's weights follow the seed, as tlscale's (Trainer seeds only after it)
     model = build_classifier(spec.model, data.label_names)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=spec.training.batch_size,
