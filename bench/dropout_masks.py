@@ -77,7 +77,7 @@ def main() -> None:
     totals = {m: sum(seconds[m][WARM_UP:]) for m in MODES}
     print(f"MiniLM, {spec.task}, {len(batches) - WARM_UP} batches of {spec.training.batch_size} (after {WARM_UP} "
           f"warm-up), {'bf16' if args.bf16 else 'fp32'}, each stepped three ways; {len(dropouts)} dropout "
-          f"layers, attention of {len(attention_models)} models")
+          f"layers, attention probabilities {'too' if attention_models else 'not reached'}")
     for mode in MODES:
         print(f"  {MODES[mode]:<34} median step {medians[mode]:7.1f} ms (x{medians['torch'] / medians[mode]:.3f}), "
               f"all steps {totals[mode]:6.1f} s (x{totals['torch'] / totals[mode]:.3f})")
