@@ -13,20 +13,21 @@ import json
 import tempfile
 from pathlib import Path
 
+from common import ROOT  # sets up paths and offline mode
+
 import torch
 
 import tlscale.training.loop as loop
 from tlscale import train
 from tlscale.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--output", type=Path, default=Path(tempfile.mkdtemp()) / "run")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    args.output = args.output or Path(tempfile.mkdtemp()) / "run"
     build = loop._build
 
     def shifted(spec):
